@@ -1,0 +1,7 @@
+"""``python -m vif``: see :mod:`vif.cli`."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

@@ -1,0 +1,71 @@
+"""External data files: the cache folder, checksums, and the error that says how to get a file.
+
+The cache folder is ``$VIF_DATA_DIR`` if set, else ``~/.cache/vif``. Nothing is downloaded: a loader
+for data that cannot ship with the package looks for the file there (or at an explicit path), checks its
+SHA-256 when the expected digest is known, and otherwise raises :class:`~vif.errors.DatasetNotFoundError`
+with instructions.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+from ..errors import DatasetNotFoundError, InputError
+
+__all__ = ["data_dir", "sha256", "locate"]
+
+
+def data_dir() -> Path:
+    """The cache folder for external datasets: ``$VIF_DATA_DIR`` or ``~/.cache/vif``."""
+    return Path(os.environ.get("VIF_DATA_DIR", Path.home() / ".cache" / "vif")).expanduser()
+
+
+def sha256(path: str | os.PathLike) -> str:
+    """Hex SHA-256 digest of a file."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def locate(
+    filename: str,
+    *,
+    dataset: str,
+    how_to_get: str,
+    path: str | os.PathLike | None = None,
+    expected_sha256: str | None = None,
+) -> Path:
+    """Find an external data file and verify it.
+
+    Args:
+        filename: the file's name inside the cache folder.
+        dataset: human-readable dataset name for messages.
+        how_to_get: instructions (source, licence) shown when the file is missing.
+        path: explicit file path; overrides the cache folder.
+        expected_sha256: digest to check, or ``None`` to skip the check (fixtures, user files).
+
+    Returns:
+        The path of the verified file.
+
+    Raises:
+        DatasetNotFoundError: the file is missing; the message says where it was looked for and how to get it.
+        InputError: the file's checksum differs from the expected one.
+    """
+    candidate = Path(path) if path is not None else data_dir() / filename
+    if not candidate.is_file():
+        raise DatasetNotFoundError(
+            f"{dataset}: file not found at {candidate}. It cannot ship with vif and is never downloaded at "
+            f"run time. {how_to_get} Save it as {data_dir() / filename} (or set VIF_DATA_DIR, or pass path=)."
+        )
+    if expected_sha256 is not None:
+        found = sha256(candidate)
+        if found != expected_sha256:
+            raise InputError(
+                f"{dataset}: {candidate} has SHA-256 {found}, expected {expected_sha256}. The file is "
+                "corrupt or a different version; download it again from the source named in the docs."
+            )
+    return candidate

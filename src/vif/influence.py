@@ -1,0 +1,355 @@
+"""The influence engine: VIF and the infinitesimal influence function for any masked objective.
+
+Notation. ``L(theta, m)`` is the objective, ``m`` the unit mask of shape ``(n_units,)``, ``theta_hat`` its
+minimiser at ``m = 1``, ``g(m) = grad_theta L(theta_hat, m)``, ``H = hess_theta L(theta_hat, 1) + damping I``
+(the Hessian of the objective exactly as written: if it is a mean, ``H`` is the Hessian of the mean).
+
+* VIF (``method="vif"``, finite difference along the mask path ``m_eps = 1 - eps e_i``)::
+
+      delta_theta_i = -H^-1 [g(1 - eps e_i) - g(1)] / eps          (eps = 1: removal)
+
+* IF (``method="if"``, the limit ``eps -> 0``)::
+
+      delta_theta_i = H^-1 d g(m) / d m_i |_{m=1}
+
+* On a target ``f``: ``influence[i] = grad f(theta_hat) . delta_theta_i``; for a mask-aware target
+  ``f(theta, m)`` the gradient is taken at ``m = 1_{-i}``.
+
+Sign convention: ``influence[i] ~= f(theta_without_i) - f(theta_hat)``; positive means removing ``i``
+raises ``f``.
+
+Cost. One Hessian factorisation (or iterative solves), then the masked gradients of all units in
+chunks of ``chunk_size`` masks, vectorised with :func:`torch.func.vmap`. The number of linear solves is
+``min(n_targets, n_units)``. For ``method="if"`` with a plain target and fewer targets than units, each
+target needs a single reverse pass through ``m -> v_t . g(m)`` that gives all units at once.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Sequence
+
+import torch
+from torch.func import grad, jacrev, jvp, vmap
+
+from .errors import InputError, MaskIgnoredError, NonFiniteError, VIFError
+from .hessian import MatVec, make_solver
+from .params import Params, check_finite, flatten
+
+METHODS = ("vif", "if")
+
+__all__ = ["influence", "parameter_influence", "METHODS"]
+
+
+class _Problem:
+    """An objective at its minimiser, flattened, with the checks every entry point needs."""
+
+    def __init__(self, objective: Callable, params: Params, n_units: int, *, vectorize: bool) -> None:
+        if not callable(objective):
+            raise InputError(f"objective must be callable as objective(params, mask), got {type(objective).__name__}.")
+        if isinstance(n_units, bool) or not isinstance(n_units, int) or n_units < 1:
+            raise InputError(f"n_units must be a positive int (the length of the mask), got {n_units!r}.")
+        self.objective = objective
+        self.theta, self.unflatten = flatten(params)
+        self.n_units = n_units
+        self.vectorize = vectorize
+        self.ones = torch.ones(n_units, dtype=self.theta.dtype, device=self.theta.device)
+        value = self._call_checked(self.theta, self.ones)
+        if value.ndim != 0:
+            raise InputError(
+                f"objective(params, mask) must return a scalar tensor, got shape {tuple(value.shape)}; "
+                "sum or average the per-term losses."
+            )
+        check_finite(value, "objective(params, ones)", "The objective is not finite at params on the full data.")
+        self.full_gradient = check_finite(
+            grad(self.flat_objective)(self.theta, self.ones), "the gradient of the objective at params"
+        )
+
+    def _call_checked(self, theta: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        try:
+            value = self.flat_objective(theta, mask)
+        except VIFError:
+            raise
+        except (RuntimeError, IndexError, ValueError) as error:
+            raise InputError(
+                f"objective(params, mask) failed for a mask of shape ({self.n_units},): {error}. "
+                "Does n_units equal the number of units the objective was built for?"
+            ) from error
+        if not isinstance(value, torch.Tensor):
+            raise InputError(f"objective(params, mask) must return a torch.Tensor, got {type(value).__name__}.")
+        return value
+
+    def flat_objective(self, theta: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return self.objective(self.unflatten(theta), mask)
+
+    def map(self, function: Callable, *batches: torch.Tensor) -> torch.Tensor:
+        """Apply ``function`` to rows of ``batches``: vmap, or a Python loop when ``vectorize=False``."""
+        if not self.vectorize:
+            return torch.stack([function(*rows) for rows in zip(*batches)])
+        try:
+            return vmap(function)(*batches)
+        except RuntimeError as error:
+            if "vmap" not in str(error) and "batched" not in str(error).lower():
+                raise
+            raise InputError(
+                f"The objective or target cannot be vectorised over masks with torch.func.vmap ({error}). "
+                "Avoid .item(), in-place updates of inputs and Python branches on mask values, or pass "
+                "vectorize=False (slower: one unit at a time)."
+            ) from error
+
+    def select_units(self, units: Sequence[int] | torch.Tensor | None) -> torch.Tensor:
+        if units is None:
+            return torch.arange(self.n_units, device=self.theta.device)
+        index = torch.as_tensor(units, device=self.theta.device)
+        if index.ndim != 1 or index.is_floating_point() or index.dtype == torch.bool:
+            raise InputError(f"units must be a 1-D sequence of integer unit indices, got {tuple(index.shape)} {index.dtype}.")
+        if index.numel() and (int(index.min()) < 0 or int(index.max()) >= self.n_units):
+            raise InputError(f"units must lie in [0, {self.n_units}); got values from {int(index.min())} to {int(index.max())}.")
+        return index.long()
+
+    def gradient_differences(self, units: torch.Tensor, method: str, eps: float) -> torch.Tensor:
+        """``D`` of shape ``(len(units), n_params)`` with ``delta_theta_i = -H^-1 D_i`` (see module notes).
+
+        VIF: ``D_i = [g(1 - eps e_i) - g(1)] / eps``. IF: ``D_i = -d g / d m_i`` at ``m = 1``.
+        """
+        directions = torch.zeros(len(units), self.n_units, dtype=self.theta.dtype, device=self.theta.device)
+        directions[torch.arange(len(units)), units] = 1.0
+        if method == "vif":
+            gradient_at = grad(self.flat_objective)
+            masked = self.map(lambda mask: gradient_at(self.theta, mask), self.ones - eps * directions)
+            differences = (masked - self.full_gradient) / eps
+        else:
+            def mask_derivative(direction: torch.Tensor) -> torch.Tensor:
+                return jvp(lambda mask: grad(self.flat_objective)(self.theta, mask), (self.ones,), (direction,))[1]
+
+            differences = -self.map(mask_derivative, directions)
+        if not bool(torch.isfinite(differences).all()):
+            bad = units[~torch.isfinite(differences).all(dim=1)].tolist()
+            raise _non_finite_units(bad, method)
+        return differences
+
+
+def _non_finite_units(bad_units: list[int], method: str) -> NonFiniteError:
+    shown = ", ".join(str(unit) for unit in bad_units[:10]) + (" ..." if len(bad_units) > 10 else "")
+    what = "with unit removed" if method == "vif" else "differentiated with respect to the mask"
+    return NonFiniteError(
+        f"The gradient of the objective {what} is not finite for unit(s) {shown}. The objective must stay "
+        "finite when any single unit is removed (e.g. guard empty risk sets or lists with torch.where)."
+    )
+
+
+def _validate_method(method: str, eps: float) -> None:
+    if method not in METHODS:
+        raise InputError(f"Unknown method {method!r}; choose 'vif' (finite difference) or 'if' (infinitesimal).")
+    if method == "vif" and not (0.0 < eps <= 1.0):
+        raise InputError(f"eps must lie in (0, 1] for method='vif' (eps=1 removes the unit), got {eps}.")
+
+
+def _takes_mask(target: Callable, override: bool | None) -> bool:
+    if override is not None:
+        return override
+    try:
+        signature = inspect.signature(target)
+    except (TypeError, ValueError):
+        return False
+    positional = [
+        p for p in signature.parameters.values()
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty
+    ]
+    return len(positional) >= 2
+
+
+def _solver(problem: _Problem, hessian: str, damping: float, solver_options: dict) -> Callable:
+    return make_solver(lambda theta: problem.flat_objective(theta, problem.ones), problem.theta, hessian,
+                       damping=damping, **solver_options)
+
+
+def _check_mask_used(differences_nonzero: bool, result: torch.Tensor | None = None) -> None:
+    if not differences_nonzero and (result is None or not bool(result.ne(0).any())):
+        raise MaskIgnoredError(
+            "Every influence is exactly zero: the objective's gradient does not change when a unit is "
+            "removed, so the objective ignores its mask argument (or the target does not depend on params). "
+            "Make objective(params, mask) drop unit i wherever it appears when mask[i] = 0."
+        )
+
+
+def parameter_influence(
+    objective: Callable,
+    params: Params,
+    *,
+    n_units: int,
+    method: str = "vif",
+    hessian: str = "exact",
+    damping: float = 0.0,
+    eps: float = 1.0,
+    units: Sequence[int] | torch.Tensor | None = None,
+    chunk_size: int = 64,
+    tol: float = 1e-8,
+    max_iter: int | None = None,
+    preconditioner: MatVec | None = None,
+    lissa_scale: float | None = None,
+    on_nonconvergence: str = "raise",
+    vectorize: bool = True,
+) -> torch.Tensor:
+    """Predicted parameter change ``theta_without_i - theta_hat`` for every unit.
+
+    Args:
+        objective: ``objective(params, mask) -> scalar``; ``mask`` of shape ``(n_units,)``.
+        params: the minimiser ``theta_hat`` at the full mask (tensor or dict of tensors).
+        n_units: length of the mask.
+        method: ``"vif"`` (finite difference at ``eps``) or ``"if"`` (infinitesimal).
+        hessian: iHVP backend, ``"exact"``, ``"pinv"``, ``"cg"`` or ``"lissa"`` (see :mod:`vif.hessian`).
+        damping: ``lambda`` in ``H + lambda I``.
+        eps: step along the mask path ``1 - eps e_i``, in ``(0, 1]``; the difference is divided by
+            ``eps``, so any ``eps`` predicts the full removal (``eps = 1`` is VIF, ``eps -> 0`` the IF).
+        units: optional subset of unit indices (rows follow its order); default all units.
+        chunk_size: masks evaluated together under vmap; bounds memory.
+        tol, max_iter, preconditioner, lissa_scale, on_nonconvergence: iterative-solver options.
+        vectorize: ``False`` evaluates units one at a time (for objectives vmap cannot batch).
+
+    Returns:
+        Tensor ``(n_selected_units, n_params)``, columns in the order of :func:`vif.params.flatten`.
+
+    Raises:
+        InputError: bad names, shapes or values; MaskIgnoredError; NonFiniteError;
+        NotPositiveDefiniteError; ConvergenceError (see the messages for remedies).
+    """
+    _validate_method(method, eps)
+    problem = _Problem(objective, params, n_units, vectorize=vectorize)
+    index = problem.select_units(units)
+    solve = _solver(problem, hessian, damping, dict(tol=tol, max_iter=max_iter, preconditioner=preconditioner,
+                                                   lissa_scale=lissa_scale, on_nonconvergence=on_nonconvergence))
+    rows, nonzero = [], False
+    for chunk in torch.split(index, max(1, chunk_size)):
+        differences = problem.gradient_differences(chunk, method, eps)
+        nonzero = nonzero or bool(differences.ne(0).any())
+        rows.append(-solve(differences.T).T)
+    _check_mask_used(nonzero)
+    return torch.cat(rows) if rows else problem.theta.new_zeros(0, problem.theta.numel())
+
+
+def influence(
+    objective: Callable,
+    params: Params,
+    target: Callable,
+    *,
+    n_units: int,
+    method: str = "vif",
+    hessian: str = "exact",
+    damping: float = 0.0,
+    eps: float = 1.0,
+    units: Sequence[int] | torch.Tensor | None = None,
+    chunk_size: int = 64,
+    tol: float = 1e-8,
+    max_iter: int | None = None,
+    preconditioner: MatVec | None = None,
+    lissa_scale: float | None = None,
+    on_nonconvergence: str = "raise",
+    vectorize: bool = True,
+    target_takes_mask: bool | None = None,
+) -> torch.Tensor:
+    """Predicted change of ``target`` when each unit is removed: ``target(theta_without_i) - target(theta_hat)``.
+
+    Args:
+        objective: ``objective(params, mask) -> scalar``; ``mask`` of shape ``(n_units,)``, all ones for the
+            full data, ``mask[i] = 0`` removes unit ``i`` everywhere it appears.
+        params: the minimiser ``theta_hat`` of the objective at the full mask.
+        target: ``target(params) -> scalar or (n_targets,)``, or mask-aware ``target(params, mask)``
+            (detected from its signature, or set ``target_takes_mask``), evaluated at ``m = 1_{-i}``
+            for unit ``i``: use it when removing a unit changes what the target measures.
+        n_units, method, hessian, damping, eps, units, chunk_size, tol, max_iter, preconditioner,
+            lissa_scale, on_nonconvergence, vectorize: see :func:`parameter_influence`.
+        target_takes_mask: override the signature detection.
+
+    Returns:
+        Tensor ``(n_selected_units,)`` for a scalar target, else ``(n_selected_units, n_targets)``.
+        Sign convention: ``influence[i] ~= f(theta_without_i) - f(theta_hat)``.
+
+    Notes:
+        ``influence[i, t] = -grad f_t . H^-1 D_i`` with ``D_i`` the (finite-difference or infinitesimal)
+        change of the objective's gradient when unit ``i`` is removed; see the module docstring.
+
+    Raises:
+        InputError: unknown method/backend, bad ``units``, a target that is not a scalar or 1-D tensor,
+        an objective that fails on a mask of length ``n_units``; MaskIgnoredError; NonFiniteError;
+        NotPositiveDefiniteError; ConvergenceError.
+    """
+    _validate_method(method, eps)
+    if not callable(target):
+        raise InputError(f"target must be callable as target(params) or target(params, mask), got {type(target).__name__}.")
+    problem = _Problem(objective, params, n_units, vectorize=vectorize)
+    index = problem.select_units(units)
+    solver_options = dict(tol=tol, max_iter=max_iter, preconditioner=preconditioner, lissa_scale=lissa_scale,
+                          on_nonconvergence=on_nonconvergence)
+    mask_aware = _takes_mask(target, target_takes_mask)
+
+    def flat_target(theta: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        value = target(problem.unflatten(theta), mask) if mask_aware else target(problem.unflatten(theta))
+        return value.reshape(-1) if value.ndim == 0 else value
+
+    probe = target(problem.unflatten(problem.theta), problem.ones) if mask_aware else target(problem.unflatten(problem.theta))
+    if not isinstance(probe, torch.Tensor) or probe.ndim > 1:
+        shape = tuple(probe.shape) if isinstance(probe, torch.Tensor) else type(probe).__name__
+        raise InputError(f"target must return a scalar or a 1-D tensor of targets, got {shape}; flatten it.")
+    check_finite(probe, "target(params)", "The target must be finite at params.")
+    scalar_target = probe.ndim == 0
+    n_targets = 1 if scalar_target else probe.shape[0]
+    solve = _solver(problem, hessian, damping, solver_options)
+
+    if mask_aware or len(index) <= n_targets:
+        result = _unit_route(problem, flat_target, solve, index, method, eps, chunk_size, mask_aware)
+    else:
+        result = _target_route(problem, flat_target, solve, index, method, eps, chunk_size)
+    return result[:, 0] if scalar_target else result
+
+
+def _unit_route(problem, flat_target, solve, index, method, eps, chunk_size, mask_aware) -> torch.Tensor:
+    """One linear solve per unit: ``delta_theta_i``, then the target's directional derivative along it."""
+    if not mask_aware:
+        jacobian = check_finite(jacrev(flat_target)(problem.theta, problem.ones), "the gradient of the target")
+    rows, nonzero = [], False
+    for chunk in torch.split(index, max(1, chunk_size)):
+        differences = problem.gradient_differences(chunk, method, eps)
+        nonzero = nonzero or bool(differences.ne(0).any())
+        steps = -solve(differences.T).T  # (chunk, n_params)
+        if mask_aware:
+            masks = problem.ones.repeat(len(chunk), 1)
+            masks[torch.arange(len(chunk)), chunk] = 0.0
+
+            def directional(mask: torch.Tensor, step: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+                return jvp(lambda theta: flat_target(theta, mask), (problem.theta,), (step,))
+
+            values, derivatives = problem.map(directional, masks, steps)
+            check_finite(values, "the mask-aware target with a unit removed",
+                         "Return a finite value (e.g. 0) for targets undefined after a removal and exclude "
+                         "them with valid= in vif.metrics.correlations.")
+            rows.append(check_finite(derivatives, "the gradient of the mask-aware target"))
+        else:
+            rows.append(steps @ jacobian.T)
+    _check_mask_used(nonzero)
+    return torch.cat(rows)
+
+
+def _target_route(problem, flat_target, solve, index, method, eps, chunk_size) -> torch.Tensor:
+    """One linear solve per target: ``v_t = H^-1 grad f_t``, then ``-v_t . D_i`` for every unit."""
+    jacobian = check_finite(jacrev(flat_target)(problem.theta, problem.ones), "the gradient of the target")
+    solutions = solve(jacobian.T)  # (n_params, n_targets)
+    if method == "if":
+        def all_units(vector: torch.Tensor) -> torch.Tensor:
+            def directional(mask: torch.Tensor) -> torch.Tensor:
+                return jvp(lambda theta: problem.flat_objective(theta, mask), (problem.theta,), (vector,))[1]
+
+            return grad(directional)(problem.ones)
+
+        columns = [problem.map(all_units, block) for block in torch.split(solutions.T, max(1, chunk_size))]
+        result = torch.cat(columns).T[index]
+        check_finite(result, "the mask derivative of the objective's gradient")
+        _check_mask_used(False, result)
+        return result
+    rows, nonzero = [], False
+    for chunk in torch.split(index, max(1, chunk_size)):
+        differences = problem.gradient_differences(chunk, method, eps)
+        nonzero = nonzero or bool(differences.ne(0).any())
+        rows.append(-differences @ solutions)
+    _check_mask_used(nonzero)
+    return torch.cat(rows)

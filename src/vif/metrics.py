@@ -1,0 +1,122 @@
+"""Agreement between predicted and actual changes: Pearson and Spearman correlations, averaged.
+
+The paper's metric: for each test target, correlate predicted and actual changes across the removed
+units, then average over targets (``across="units"``). ``across="targets"`` correlates, for each removed
+unit, across targets. A column with (numerically) constant values has no correlation: it is reported in
+``n_constant`` and left out of the mean rather than turning it into NaN. Entries marked ``False`` in
+``valid`` (e.g. a target undefined after a removal) are excluded and counted in ``n_excluded``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from scipy.stats import rankdata
+
+from .errors import InputError
+
+__all__ = ["Correlations", "correlations"]
+
+
+@dataclass(frozen=True)
+class Correlations:
+    """Mean correlations and what went into them.
+
+    Attributes:
+        pearson: mean Pearson correlation over the groups that have one (NaN only if none has).
+        spearman: mean Spearman correlation over the same groups.
+        pearson_each: per-group Pearson, NaN for a constant or too-small group, shape ``(n_groups,)``.
+        spearman_each: per-group Spearman, likewise.
+        n_used: groups that entered the means.
+        n_constant: groups left out because predicted or actual values were constant or fewer than 3.
+        n_excluded: individual entries left out because ``valid`` was ``False``.
+    """
+
+    pearson: float
+    spearman: float
+    pearson_each: np.ndarray
+    spearman_each: np.ndarray
+    n_used: int
+    n_constant: int
+    n_excluded: int
+
+    def as_dict(self) -> dict[str, float | int]:
+        """The scalar fields, for JSON results."""
+        return {"pearson": self.pearson, "spearman": self.spearman, "n_used": self.n_used,
+                "n_constant": self.n_constant, "n_excluded": self.n_excluded}
+
+
+def _to_numpy(values: torch.Tensor | np.ndarray, name: str) -> np.ndarray:
+    array = values.detach().cpu().numpy() if isinstance(values, torch.Tensor) else np.asarray(values)
+    array = np.asarray(array, dtype=np.float64)
+    if array.ndim == 1:
+        array = array[:, None]
+    if array.ndim != 2:
+        raise InputError(f"{name} must have shape (n_units,) or (n_units, n_targets), got {array.shape}.")
+    if not np.isfinite(array).all():
+        raise InputError(f"{name} has NaN or inf entries; mark undefined entries with valid= instead.")
+    return array
+
+
+def _pearson(x: np.ndarray, y: np.ndarray) -> float:
+    x, y = x - x.mean(), y - y.mean()
+    scale = np.sqrt((x @ x) * (y @ y))
+    return float(x @ y / scale)
+
+
+def _is_constant(values: np.ndarray) -> bool:
+    return bool(np.ptp(values) <= 1e-12 * max(np.abs(values).max(), 1e-300))
+
+
+def correlations(
+    predicted: torch.Tensor | np.ndarray,
+    actual: torch.Tensor | np.ndarray,
+    *,
+    valid: torch.Tensor | np.ndarray | None = None,
+    across: str = "units",
+) -> Correlations:
+    """Mean Pearson and Spearman correlation between predicted and actual changes.
+
+    Args:
+        predicted: ``(n_units,)`` or ``(n_units, n_targets)`` predicted changes (e.g. :func:`vif.influence`).
+        actual: same shape, actual changes (e.g. :func:`vif.leave_one_out`).
+        valid: optional boolean array of the same shape; ``False`` entries are excluded.
+        across: ``"units"`` (one correlation per target, across units: the paper's metric) or
+            ``"targets"`` (one per unit, across targets).
+
+    Returns:
+        :class:`Correlations`.
+
+    Raises:
+        InputError: mismatched shapes, non-finite entries, or an unknown ``across``.
+    """
+    x, y = _to_numpy(predicted, "predicted"), _to_numpy(actual, "actual")
+    if x.shape != y.shape:
+        raise InputError(f"predicted has shape {x.shape} but actual has {y.shape}; they must match.")
+    keep = np.ones_like(x, dtype=bool) if valid is None else np.asarray(
+        valid.cpu().numpy() if isinstance(valid, torch.Tensor) else valid, dtype=bool).reshape(x.shape)
+    if across == "targets":
+        x, y, keep = x.T, y.T, keep.T
+    elif across != "units":
+        raise InputError(f"across must be 'units' or 'targets', got {across!r}.")
+    pearson_each = np.full(x.shape[1], np.nan)
+    spearman_each = np.full(x.shape[1], np.nan)
+    for column in range(x.shape[1]):
+        rows = keep[:, column]
+        a, b = x[rows, column], y[rows, column]
+        if len(a) < 3 or _is_constant(a) or _is_constant(b):
+            continue
+        pearson_each[column] = _pearson(a, b)
+        spearman_each[column] = _pearson(rankdata(a), rankdata(b))
+    used = ~np.isnan(pearson_each)
+    return Correlations(
+        pearson=float(pearson_each[used].mean()) if used.any() else float("nan"),
+        spearman=float(spearman_each[used].mean()) if used.any() else float("nan"),
+        pearson_each=pearson_each,
+        spearman_each=spearman_each,
+        n_used=int(used.sum()),
+        n_constant=int((~used).sum()),
+        n_excluded=int((~keep).sum()),
+    )

@@ -1,0 +1,99 @@
+"""One figure style for the book, and the plots every chapter shares."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import seaborn as sns
+import torch
+
+from .metrics import correlations
+
+__all__ = ["use_style", "scatter_vs_loo", "save_figure", "runtime_plot"]
+
+PALETTE = sns.color_palette("colorblind")
+
+
+def use_style() -> None:
+    """Set the book's matplotlib/seaborn style: readable at book width (about 7 inches)."""
+    sns.set_theme(context="notebook", style="whitegrid", palette=PALETTE, font_scale=0.95)
+    plt.rcParams.update({
+        "figure.figsize": (7.0, 4.2),
+        "figure.dpi": 110,
+        "savefig.dpi": 160,
+        "savefig.bbox": "tight",
+        "axes.titlesize": "medium",
+        "legend.frameon": True,
+        "legend.framealpha": 0.9,
+    })
+
+
+def _numpy(values: torch.Tensor | np.ndarray) -> np.ndarray:
+    return values.detach().cpu().numpy() if isinstance(values, torch.Tensor) else np.asarray(values)
+
+
+def scatter_vs_loo(
+    ax: plt.Axes,
+    predicted: torch.Tensor | np.ndarray,
+    actual: torch.Tensor | np.ndarray,
+    *,
+    label: str = "VIF",
+    xlabel: str = "actual change (leave-one-out refit)",
+    ylabel: str = "predicted change",
+    color: object | None = None,
+    size: float = 14.0,
+) -> plt.Axes:
+    """Scatter predicted against actual changes with the diagonal and Pearson's r in the legend.
+
+    Args:
+        ax: axes to draw on.
+        predicted: estimates, any shape; flattened (all units and targets pooled in the plot).
+        actual: actual LOO changes, same shape.
+        label: legend label of the estimate; Pearson's r of the pooled points is appended.
+        xlabel, ylabel: axis labels (state the target and its units).
+        color: marker colour (default: the palette's first).
+        size: marker size.
+    """
+    x, y = _numpy(actual).ravel(), _numpy(predicted).ravel()
+    r = correlations(y, x).pearson if x.size >= 3 else float("nan")
+    ax.scatter(x, y, s=size, alpha=0.7, color=color or PALETTE[0], edgecolor="none",
+               label=f"{label} (pooled Pearson r = {r:.3f})")
+    low, high = float(min(x.min(), y.min())), float(max(x.max(), y.max()))
+    pad = 0.05 * (high - low or 1.0)
+    ax.plot([low - pad, high + pad], [low - pad, high + pad], color="0.3", lw=1, ls="--", label="y = x")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.legend(loc="upper left")
+    return ax
+
+
+def runtime_plot(
+    ax: plt.Axes,
+    sizes: Sequence[float],
+    seconds: dict[str, Sequence[float]],
+    *,
+    xlabel: str = "training units n",
+) -> plt.Axes:
+    """Log-log runtime against problem size, one line per method (``seconds[name]`` aligned with ``sizes``)."""
+    for (name, values), color in zip(seconds.items(), PALETTE):
+        ax.plot(sizes, values, marker="o", color=color, label=name)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("wall-clock time (s)")
+    ax.legend()
+    return ax
+
+
+def save_figure(fig: plt.Figure, out_dir: str | os.PathLike, name: str) -> list[Path]:
+    """Write ``fig`` to ``out_dir/name.png`` and ``out_dir/name.pdf``; returns the two paths."""
+    folder = Path(out_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = [folder / f"{name}.png", folder / f"{name}.pdf"]
+    for path in paths:
+        fig.savefig(path)
+    return paths
