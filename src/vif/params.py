@@ -8,13 +8,12 @@ This is the column order of :func:`vif.parameter_influence`.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Union
 
 import torch
 
 from .errors import InputError, MaskError, NonFiniteError
 
-Params = Union[torch.Tensor, Mapping[str, torch.Tensor]]
+Params = torch.Tensor | Mapping[str, torch.Tensor]
 
 __all__ = ["Params", "flatten", "check_mask", "check_finite", "full_mask", "removal_mask"]
 
