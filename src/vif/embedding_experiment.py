@@ -1,0 +1,268 @@
+"""Node-embedding experiment: VIF and IF for a skip-gram loss against three ground truths.
+
+Units are nodes; targets are the pair losses ``-log p(k | j)`` of node pairs (scored with the removed
+node left out of the softmax) and the link scores ``U[j] . U[k]``. Ground truths for every node:
+
+* ``"warm"``: leave-one-out refit started from ``theta_hat`` and run to convergence;
+* ``"cold"``: leave-one-out refit from the same seeded U(0, 1) start as ``theta_hat`` (the paper's protocol);
+* ``"pbrf"``: the proximal Bregman response (Bae et al. 2022) with damping ``lambda``::
+
+      theta_p = argmin_theta  D_Lambda(S(theta), S_s) + (l2 / 2) ||theta - theta_s||^2
+                              - [L(theta, 1) - L(theta, 1_{-i})] + (lambda / 2) ||theta - theta_s||^2
+
+  where ``S = U V^T`` are the logits (the network outputs), ``Lambda(S)`` the full-data cross-entropy,
+  ``D_Lambda`` its Bregman divergence and ``L(theta, m) = Lambda_m(S) + (l2/2)||theta||^2``. The L2 term
+  cancels in the removal difference, so up to a constant the objective is
+  ``Lambda_{-i}(S) - <grad Lambda(S_s), S> + ((l2 + lambda) / 2) ||theta - theta_s||^2``
+  (:func:`pbrf_objective`). Linearised at ``theta_s`` it is damped VIF with the Gauss-Newton Hessian.
+
+:func:`reproduce` is the CLI entry point (``python -m vif reproduce node-embedding``); the chapter uses the
+same building blocks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+from . import embedding
+from .datasets.graphs import GRAPHS, load_graph
+from .influence import influence
+from .loo import leave_one_out
+from .metrics import correlations
+from .params import flatten
+
+__all__ = ["Settings", "Setup", "Refit", "ProximalRefit", "pbrf_objective", "setup", "estimate",
+           "ground_truth", "compare", "run", "add_arguments", "reproduce"]
+
+GROUND_TRUTHS = ("warm", "cold", "pbrf")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything that defines one experiment (and its cache key)."""
+
+    graph: str = "karate"
+    dim: int = 2
+    window: int = 3
+    walk_length: int = 6
+    l2: float = 1e-2
+    expected: bool = True
+    n_pairs: int = 0  # 0: all ordered pairs (j, k), j != k; otherwise a seeded sample of that many
+    n_links: int = 0  # 0: all unordered pairs j < k; otherwise a seeded sample
+    n_nodes: int = 200  # sbm only
+    seed: int = 0
+    dampings: tuple[float, ...] = (1e-3, 1e-2, 1e-1, 1.0)
+
+    def key(self) -> str:
+        """A stable string naming the settings, for cache keys."""
+        return json.dumps(asdict(self), sort_keys=True)
+
+
+def settings(*, quick: bool, graph: str = "karate", dim: int = 2, seed: int = 0, **overrides) -> Settings:
+    """The book's settings: every pair on karate; seeded samples of 600 pairs on larger graphs."""
+    large = graph != "karate"
+    values = dict(graph=graph, dim=dim, seed=seed, n_pairs=600 if large else 0, n_links=300 if large else 0,
+                  dampings=(1e-2, 1.0) if quick else (1e-3, 1e-2, 1e-1, 1.0))
+    values.update(overrides)
+    return Settings(**values)
+
+
+@dataclass
+class Setup:
+    """A fitted embedding with its targets: ``target(params, mask)`` returns pair losses then link scores."""
+
+    settings: Settings
+    graph: object
+    loss: embedding.SkipGram
+    params: dict[str, torch.Tensor]
+    pairs: torch.Tensor  # (n_pairs, 2) ordered (centre, context)
+    links: torch.Tensor  # (n_links, 2) unordered
+    fit_seconds: float
+    _pair_loss: object = field(repr=False, default=None)
+    _link_score: object = field(repr=False, default=None)
+
+    @property
+    def n_units(self) -> int:
+        """Number of nodes."""
+        return self.loss.n_units
+
+    def target(self, params: dict[str, torch.Tensor], mask: torch.Tensor) -> torch.Tensor:
+        """Pair losses (n_pairs,) then link scores (n_links,), concatenated: shape (n_pairs + n_links,)."""
+        return torch.cat([self._pair_loss(params, mask), self._link_score(params)])
+
+    def valid(self) -> torch.Tensor:
+        """(n_units, n_targets) bool: False where the removed node belongs to the target's pair."""
+        both = torch.cat([self.pairs, self.links])
+        nodes = torch.arange(self.n_units)[:, None, None]
+        return ~(both[None] == nodes).any(dim=2)
+
+    @property
+    def split(self) -> dict[str, slice]:
+        """Column ranges of the two target families."""
+        n = len(self.pairs)
+        return {"pair_loss": slice(0, n), "link_score": slice(n, n + len(self.links))}
+
+
+def _sample(candidates: torch.Tensor, size: int, seed: int) -> torch.Tensor:
+    if size <= 0 or size >= len(candidates):
+        return candidates
+    generator = torch.Generator().manual_seed(seed)
+    return candidates[torch.randperm(len(candidates), generator=generator)[:size].sort().values]
+
+
+def setup(config: Settings) -> Setup:
+    """Load the graph, fit ``theta_hat`` from the seeded cold start and choose the target pairs."""
+    graph = load_graph(config.graph, n_nodes=config.n_nodes, seed=config.seed)
+    loss = embedding.objective(graph, dim=config.dim, window=config.window, walk_length=config.walk_length,
+                               l2=config.l2, expected=config.expected, seed=config.seed)
+    start = time.perf_counter()
+    params = embedding.fit(loss, seed=config.seed)
+    seconds = time.perf_counter() - start
+    n = loss.n_units
+    rows, cols = torch.meshgrid(torch.arange(n), torch.arange(n), indexing="ij")
+    ordered = torch.stack([rows.reshape(-1), cols.reshape(-1)], dim=1)
+    pairs = _sample(ordered[ordered[:, 0] != ordered[:, 1]], config.n_pairs, config.seed)
+    links = _sample(ordered[ordered[:, 0] < ordered[:, 1]], config.n_links, config.seed + 1)
+    return Setup(config, graph, loss, params, pairs, links, seconds,
+                 embedding.pair_loss(pairs), embedding.link_score(links))
+
+
+class Refit:
+    """``fit(mask, init)`` for :func:`vif.leave_one_out`: retrain the skip-gram loss to convergence."""
+
+    def __init__(self, loss: embedding.SkipGram, seed: int) -> None:
+        self.loss, self.seed = loss, seed
+
+    def __call__(self, mask: torch.Tensor, init: dict[str, torch.Tensor] | None) -> dict[str, torch.Tensor]:
+        return embedding.fit(self.loss, mask=mask, init=init, seed=self.seed)
+
+
+def pbrf_objective(loss: embedding.SkipGram, params_s: dict[str, torch.Tensor], damping: float):
+    """Proximal Bregman response objective ``objective(params, mask)`` (see the module docstring).
+
+    At ``mask = 1`` its minimiser is ``params_s``; its Hessian there is the Gauss-Newton Hessian
+    ``J^T (d^2 Lambda / dS^2) J + (l2 + damping) I``.
+    """
+    theta_s, _ = flatten(params_s)
+    scores_s = embedding.logits(params_s).detach().requires_grad_(True)
+    ones = torch.ones(loss.n_units, dtype=theta_s.dtype)
+    (output_gradient,) = torch.autograd.grad(loss.data_loss(scores_s, ones), scores_s)
+    weight = loss.l2 + damping
+
+    def objective(params: dict[str, torch.Tensor], mask: torch.Tensor, counts: torch.Tensor | None = None):
+        scores = embedding.logits(params)
+        theta = torch.cat([params["input"].reshape(-1), params["output"].reshape(-1)])
+        return (loss.data_loss(scores, mask, counts) - (output_gradient * scores).sum()
+                + 0.5 * weight * ((theta - theta_s) ** 2).sum())
+
+    return objective
+
+
+class ProximalRefit:
+    """``fit(mask, init)`` minimising the PBRF objective at ``mask`` from ``params_s``."""
+
+    def __init__(self, loss: embedding.SkipGram, params_s: dict[str, torch.Tensor], damping: float) -> None:
+        self.loss, self.params_s, self.damping = loss, params_s, damping
+        self.objective = pbrf_objective(loss, params_s, damping)
+
+    def __call__(self, mask: torch.Tensor, init: dict[str, torch.Tensor] | None) -> dict[str, torch.Tensor]:
+        counts = self.loss.counts(mask)
+        return embedding.minimise(lambda params, m: self.objective(params, m, counts), self.params_s, mask)
+
+
+def estimate(problem: Setup, *, method: str = "vif", damping: float = 0.0, gauss_newton: bool = False,
+             hessian: str = "pinv") -> torch.Tensor:
+    """VIF or IF of every node on every target, (n_units, n_targets).
+
+    ``hessian="pinv"`` drops the Hessian's null space (joint rotations of U and V, which no target sees);
+    ``gauss_newton=True`` uses the Gauss-Newton Hessian (the PBRF objective's), i.e. the PBRF linearised.
+    """
+    objective = pbrf_objective(problem.loss, problem.params, 0.0) if gauss_newton else problem.loss
+    return influence(objective, problem.params, problem.target, n_units=problem.n_units, method=method,
+                     hessian=hessian, damping=damping)
+
+
+def ground_truth(problem: Setup, kind: str, *, damping: float = 0.0, cache_dir=None,
+                 progress: bool = False) -> torch.Tensor:
+    """Actual target changes for every node, (n_units, n_targets): ``"warm"``, ``"cold"`` or ``"pbrf"``."""
+    if kind not in GROUND_TRUTHS:
+        raise ValueError(f"kind must be one of {GROUND_TRUTHS}, got {kind!r}.")
+    fit = ProximalRefit(problem.loss, problem.params, damping) if kind == "pbrf" else Refit(problem.loss, problem.settings.seed)
+    key = f"{problem.settings.key()}|{kind}|{damping!r}"
+    return leave_one_out(fit, problem.params, problem.target, n_units=problem.n_units, warm_start=kind != "cold",
+                         cache_dir=cache_dir, cache_key=key, progress=progress)
+
+
+def compare(problem: Setup, predicted: torch.Tensor, actual: torch.Tensor) -> dict[str, dict[str, float]]:
+    """Mean Pearson/Spearman per target (across nodes) and per node (across targets), per target family."""
+    valid = problem.valid()
+    result = {}
+    for family, columns in problem.split.items():
+        for across, name in (("units", "per_target"), ("targets", "per_node")):
+            stats = correlations(predicted[:, columns], actual[:, columns], valid=valid[:, columns], across=across)
+            result[f"{family}/{name}"] = {"pearson": stats.pearson, "spearman": stats.spearman, "n_used": stats.n_used}
+    return result
+
+
+def run(config: Settings, *, cache_dir=None, progress: bool = False) -> dict:
+    """All estimates and ground truths of one configuration; returns tensors, correlations and timings."""
+    problem = setup(config)
+    out = {"problem": problem, "estimates": {}, "truths": {}, "seconds": {}}
+    for kind in ("warm", "cold"):
+        start = time.perf_counter()
+        out["truths"][kind] = ground_truth(problem, kind, cache_dir=cache_dir, progress=progress)
+        out["seconds"][f"loo_{kind}"] = time.perf_counter() - start
+    for damping in (0.0, *config.dampings):
+        for method in ("vif", "if"):
+            start = time.perf_counter()
+            out["estimates"][(method, damping)] = estimate(problem, method=method, damping=damping)
+            out["seconds"][f"{method}_{damping:g}"] = time.perf_counter() - start
+        if damping > 0:
+            out["estimates"][("vif-gnh", damping)] = estimate(problem, damping=damping, gauss_newton=True)
+            out["truths"][("pbrf", damping)] = ground_truth(problem, "pbrf", damping=damping, cache_dir=cache_dir,
+                                                            progress=progress)
+    return out
+
+
+def summarise(out: dict) -> dict:
+    """JSON-ready correlations of every estimate against every ground truth."""
+    problem, table = out["problem"], []
+    for (method, damping), predicted in out["estimates"].items():
+        truths = {"warm": out["truths"]["warm"], "cold": out["truths"]["cold"]}
+        if ("pbrf", damping) in out["truths"]:
+            truths["pbrf"] = out["truths"][("pbrf", damping)]
+        for truth, actual in truths.items():
+            table.append({"method": method, "damping": damping, "truth": truth, **{
+                key: value for key, value in _flatten(compare(problem, predicted, actual)).items()}})
+    return {"settings": asdict(problem.settings), "n_nodes": problem.n_units,
+            "n_params": 2 * problem.n_units * problem.settings.dim, "n_pairs": len(problem.pairs),
+            "n_links": len(problem.links), "fit_seconds": problem.fit_seconds, "seconds": out["seconds"],
+            "correlations": table}
+
+
+def _flatten(nested: dict) -> dict:
+    return {f"{outer}/{inner}": value for outer, values in nested.items() for inner, value in values.items()}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``python -m vif reproduce node-embedding``."""
+    parser.add_argument("--graph", choices=GRAPHS, default="karate", help="graph (default karate)")
+    parser.add_argument("--dim", type=int, default=2, help="embedding dimension (default 2, as in the paper)")
+    parser.add_argument("--cache-dir", default=None, help="folder for the LOO refits (resumes from it)")
+
+
+def reproduce(*, quick: bool, seed: int, graph: str = "karate", dim: int = 2, cache_dir=None) -> dict:
+    """Run the node-embedding experiment and return its correlations and timings (JSON-serialisable)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # these problems are small: threads only add contention
+    try:
+        out = run(settings(quick=quick, graph=graph, dim=dim, seed=seed), cache_dir=cache_dir, progress=True)
+    finally:
+        torch.set_num_threads(threads)
+    return summarise(out)
+
