@@ -6,10 +6,11 @@ is ``S[u, v] = U[u] . V[v]``, and the full softmax runs over all kept nodes. Giv
 counts ``C_m`` of random walks on the graph without the removed nodes, the objective is
 
     L(theta, m) = (1 / Z) sum_{u,v} C_m[u, v] * (logsumexp_w(S[u, w] + log m_w) - S[u, v])
-                  + (l2 / 2) * ||theta||^2,
+                  + (l2 / (2 n)) * ||theta||^2,
 
 the mean skip-gram cross-entropy per (centre, context) pair of the full graph (``Z`` = number of pairs in
-the full graph's walks, a constant) plus an L2 term. ``m`` enters in three places: the adjacency is
+the full graph's walks, a constant) plus an L2 term on the mean squared norm of a node's two embeddings
+(so that one ``l2`` means the same on graphs of any size ``n``). ``m`` enters in three places: the adjacency is
 weighted ``A[u, v] m_u m_v`` (so a removed node's row and column are dropped and the other rows of the
 transition matrix renormalised), walks start ``m_u`` times from node ``u``, and ``log m`` is added to
 the softmax logits. Removing a node therefore changes the counts of pairs it is not part of: the loss does
@@ -189,6 +190,11 @@ class SkipGram:
         return self.adj.shape[0]
 
     @property
+    def penalty_weight(self) -> float:
+        """Weight ``l2 / n`` of ``||theta||^2 / 2`` in the objective."""
+        return self.l2 / self.n_units
+
+    @property
     def scale(self) -> float:
         """``Z``: the number of (centre, context) pairs in the walks of the full graph (no walk stuck)."""
         walks = 1 if self.expected else self.walks_per_node
@@ -214,7 +220,7 @@ class SkipGram:
     def __call__(self, params: dict[str, torch.Tensor], mask: torch.Tensor,
                  counts: torch.Tensor | None = None) -> torch.Tensor:
         check_mask(mask, self.n_units)
-        penalty = 0.5 * self.l2 * ((params["input"] ** 2).sum() + (params["output"] ** 2).sum())
+        penalty = 0.5 * self.penalty_weight * ((params["input"] ** 2).sum() + (params["output"] ** 2).sum())
         return self.data_loss(logits(params), mask, counts) + penalty
 
 
@@ -234,7 +240,7 @@ def objective(graph, *, dim: int = 2, window: int = 3, walk_length: int = 6, l2:
         dim: embedding dimension (the paper uses 2).
         window: context window on each side of the centre.
         walk_length: nodes per walk.
-        l2: weight of ``(l2 / 2) ||theta||^2``; a positive value is needed for a finite minimiser.
+        l2: weight of ``(l2 / (2 n_nodes)) ||theta||^2``; a positive value is needed for a finite minimiser.
         expected: expected walk counts (deterministic, differentiable in the mask) or sampled walks.
         walks_per_node: walks started per node when ``expected=False``.
         seed: seed of the sampled walks' uniforms (``expected=False``).

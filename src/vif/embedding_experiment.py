@@ -7,13 +7,13 @@ node left out of the softmax) and the link scores ``U[j] . U[k]``. Ground truths
 * ``"cold"``: leave-one-out refit from the same seeded U(0, 1) start as ``theta_hat`` (the paper's protocol);
 * ``"pbrf"``: the proximal Bregman response (Bae et al. 2022) with damping ``lambda``::
 
-      theta_p = argmin_theta  D_Lambda(S(theta), S_s) + (l2 / 2) ||theta - theta_s||^2
+      theta_p = argmin_theta  D_Lambda(S(theta), S_s) + (l2 / (2 n)) ||theta - theta_s||^2
                               - [L(theta, 1) - L(theta, 1_{-i})] + (lambda / 2) ||theta - theta_s||^2
 
   where ``S = U V^T`` are the logits (the network outputs), ``Lambda(S)`` the full-data cross-entropy,
-  ``D_Lambda`` its Bregman divergence and ``L(theta, m) = Lambda_m(S) + (l2/2)||theta||^2``. The L2 term
-  cancels in the removal difference, so up to a constant the objective is
-  ``Lambda_{-i}(S) - <grad Lambda(S_s), S> + ((l2 + lambda) / 2) ||theta - theta_s||^2``
+  ``D_Lambda`` its Bregman divergence and ``L(theta, m) = Lambda_m(S) + (l2/(2n))||theta||^2``. The L2
+  term cancels in the removal difference, so up to a constant the objective is
+  ``Lambda_{-i}(S) - <grad Lambda(S_s), S> + ((l2 / n + lambda) / 2) ||theta - theta_s||^2``
   (:func:`pbrf_objective`). Linearised at ``theta_s`` it is damped VIF with the Gauss-Newton Hessian.
 
 :func:`reproduce` is the CLI entry point (``python -m vif reproduce node-embedding``); the chapter uses the
@@ -50,7 +50,7 @@ class Settings:
     dim: int = 2
     window: int = 3
     walk_length: int = 6
-    l2: float = 1e-2
+    l2: float = 0.3  # weight of the mean squared embedding norm per node (see vif.embedding)
     expected: bool = True
     n_pairs: int = 0  # 0: all ordered pairs (j, k), j != k; otherwise a seeded sample of that many
     n_links: int = 0  # 0: all unordered pairs j < k; otherwise a seeded sample
@@ -146,13 +146,13 @@ def pbrf_objective(loss: embedding.SkipGram, params_s: dict[str, torch.Tensor], 
     """Proximal Bregman response objective ``objective(params, mask)`` (see the module docstring).
 
     At ``mask = 1`` its minimiser is ``params_s``; its Hessian there is the Gauss-Newton Hessian
-    ``J^T (d^2 Lambda / dS^2) J + (l2 + damping) I``.
+    ``J^T (d^2 Lambda / dS^2) J + (l2 / n + damping) I``.
     """
     theta_s, _ = flatten(params_s)
     scores_s = embedding.logits(params_s).detach().requires_grad_(True)
     ones = torch.ones(loss.n_units, dtype=theta_s.dtype)
     (output_gradient,) = torch.autograd.grad(loss.data_loss(scores_s, ones), scores_s)
-    weight = loss.l2 + damping
+    weight = loss.penalty_weight + damping
 
     def objective(params: dict[str, torch.Tensor], mask: torch.Tensor, counts: torch.Tensor | None = None):
         scores = embedding.logits(params)
