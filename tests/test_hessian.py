@@ -95,3 +95,19 @@ def test_cg_detects_an_indefinite_matrix():
     matrix = torch.diag(torch.tensor([1.0, -1.0, 2.0], dtype=torch.float64))
     with pytest.raises(NotPositiveDefiniteError, match="non-positive curvature"):
         cg_solve(lambda v: matrix @ v, torch.ones(3, dtype=torch.float64))
+
+
+def test_a_precomputed_hessian_is_used_as_given_and_validated():
+    data = breast_cancer(seed=0)
+    theta = logistic.fit(data.X_train, data.y_train)
+    objective = logistic.objective(data.X_train, data.y_train)
+    flat, unflatten = vif.params.flatten(theta)
+    dense = vif.hessian.hessian_matrix(lambda v: objective(unflatten(v), torch.ones(455, dtype=torch.float64)), flat,
+                                       chunk_size=7)
+    reference = torch.func.hessian(lambda v: objective(unflatten(v), torch.ones(455, dtype=torch.float64)))(flat)
+    assert torch.allclose(dense, reference, atol=1e-10)
+    kwargs = dict(n_units=455, units=torch.arange(10))
+    given = vif.parameter_influence(objective, theta, hessian=dense, **kwargs)
+    assert torch.allclose(given, vif.parameter_influence(objective, theta, **kwargs), atol=1e-12)
+    with pytest.raises(vif.errors.InputError, match=r"shape \(31, 31\)"):
+        vif.parameter_influence(objective, theta, hessian=dense[:5, :5], **kwargs)

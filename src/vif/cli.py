@@ -19,7 +19,7 @@ EXPERIMENTS: dict[str, str] = {
     "logistic": "vif.logistic",
     "cox": "vif.cox",
     "node-embedding": "vif.embedding",
-    "ranking": "vif.ranking",
+    "ranking": "vif.ranking_experiment",
 }
 
 __all__ = ["EXPERIMENTS", "main"]

@@ -11,9 +11,10 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-from torch.func import grad, hessian
+from torch.func import grad
 
 from .errors import ConvergenceError, InputError
+from .hessian import hessian_matrix
 from .params import Params, check_finite, flatten
 
 __all__ = ["newton", "lbfgs", "gradient_norm"]
@@ -62,7 +63,7 @@ def newton(
             objective; the message gives the iterations and gradient norm.
     """
     theta, unflatten, function = _flat(objective, init, mask)
-    gradient_of, hessian_of = grad(function), hessian(function)
+    gradient_of = grad(function)
     value = function(theta)
     for iteration in range(max_iter + 1):
         gradient = check_finite(gradient_of(theta), "the gradient during the Newton fit")
@@ -71,8 +72,7 @@ def newton(
             return unflatten(theta.detach())
         if iteration == max_iter:
             break
-        matrix = check_finite(hessian_of(theta), "the Hessian during the Newton fit")
-        matrix = 0.5 * (matrix + matrix.T)
+        matrix = hessian_matrix(function, theta)
         step = _damped_newton_step(matrix, gradient)
         slope = float(gradient @ step)
         rounding = 16.0 * torch.finfo(theta.dtype).eps * max(abs(float(value)), 1.0)  # objective's resolution

@@ -17,7 +17,7 @@ import warnings
 from collections.abc import Callable
 
 import torch
-from torch.func import grad, hessian, jvp, vmap
+from torch.func import grad, jvp, vmap
 
 from .errors import ConvergenceError, ConvergenceWarning, InputError, NotPositiveDefiniteError
 from .params import check_finite
@@ -39,11 +39,35 @@ __all__ = [
 ]
 
 
-def hessian_matrix(flat_objective: Callable[[torch.Tensor], torch.Tensor], theta: torch.Tensor) -> torch.Tensor:
-    """Dense Hessian ``(n_params, n_params)`` of a scalar function of a flat parameter vector, symmetrised."""
-    matrix = hessian(flat_objective)(theta)
+def hessian_matrix(
+    flat_objective: Callable[[torch.Tensor], torch.Tensor], theta: torch.Tensor, *, chunk_size: int = 128
+) -> torch.Tensor:
+    """Dense Hessian ``(n_params, n_params)`` of a scalar function of a flat parameter vector, symmetrised.
+
+    Built from Hessian-vector products with ``chunk_size`` columns at a time, so that memory stays at
+    ``chunk_size`` gradient evaluations whatever the parameter count.
+    """
+    product = hvp(flat_objective, theta)
+    identity = torch.eye(theta.numel(), dtype=theta.dtype, device=theta.device)
+    matrix = torch.cat([product(columns) for columns in torch.split(identity, chunk_size, dim=1)], dim=1)
     matrix = 0.5 * (matrix + matrix.T)
     return check_finite(matrix, "the Hessian of the objective at params", "Check the objective for log(0) or overflow.")
+
+
+def _dense(matrix: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+    """Validate a user-supplied dense Hessian."""
+    n_params = theta.numel()
+    if matrix.shape != (n_params, n_params):
+        raise InputError(
+            f"A precomputed Hessian must have shape ({n_params}, {n_params}) (parameters flattened as in "
+            f"vif.params.flatten), got {tuple(matrix.shape)}."
+        )
+    matrix = matrix.to(dtype=theta.dtype, device=theta.device)
+    check_finite(matrix, "the precomputed Hessian")
+    asymmetry = float((matrix - matrix.T).abs().max())
+    if asymmetry > 1e-6 * max(float(matrix.abs().max()), 1e-300):
+        raise InputError(f"The precomputed Hessian is not symmetric (max |H - H^T| = {asymmetry:.2e}).")
+    return 0.5 * (matrix + matrix.T)
 
 
 def hvp(flat_objective: Callable[[torch.Tensor], torch.Tensor], theta: torch.Tensor) -> MatVec:
@@ -293,7 +317,7 @@ def lissa_solve(
 def make_solver(
     flat_objective: Callable[[torch.Tensor], torch.Tensor],
     theta: torch.Tensor,
-    backend: str = "exact",
+    backend: str | torch.Tensor = "exact",
     *,
     damping: float = 0.0,
     tol: float = 1e-8,
@@ -308,7 +332,9 @@ def make_solver(
         flat_objective: scalar function of a flat parameter vector (the mask already fixed).
         theta: the parameters, shape ``(n_params,)``.
         backend: ``"exact"`` (dense Hessian, Cholesky), ``"pinv"`` (dense, eigendecomposition,
-            pseudo-inverse), ``"cg"`` or ``"lissa"`` (Hessian-vector products only).
+            pseudo-inverse), ``"cg"`` or ``"lissa"`` (Hessian-vector products only); or a precomputed
+            dense Hessian ``(n_params, n_params)`` of the objective at ``theta`` (e.g. a closed form),
+            solved by Cholesky.
         damping: ``lambda >= 0`` added to the diagonal of ``H``.
         tol, max_iter, preconditioner, lissa_scale, on_nonconvergence: see :func:`cg_solve` and
             :func:`lissa_solve`.
@@ -316,6 +342,10 @@ def make_solver(
     Raises:
         InputError: unknown backend or negative damping.
     """
+    if isinstance(backend, torch.Tensor):
+        if not damping >= 0:
+            raise InputError(f"damping must be >= 0, got {damping}.")
+        return cholesky_solver(_dense(backend, theta), damping)
     if backend not in BACKENDS:
         raise InputError(f"Unknown hessian backend {backend!r}; choose one of {', '.join(BACKENDS)}.")
     if not damping >= 0:

@@ -179,7 +179,7 @@ def parameter_influence(
     *,
     n_units: int,
     method: str = "vif",
-    hessian: str = "exact",
+    hessian: str | torch.Tensor = "exact",
     damping: float = 0.0,
     eps: float = 1.0,
     units: Sequence[int] | torch.Tensor | None = None,
@@ -198,7 +198,8 @@ def parameter_influence(
         params: the minimiser ``theta_hat`` at the full mask (tensor or dict of tensors).
         n_units: length of the mask.
         method: ``"vif"`` (finite difference at ``eps``) or ``"if"`` (infinitesimal).
-        hessian: iHVP backend, ``"exact"``, ``"pinv"``, ``"cg"`` or ``"lissa"`` (see :mod:`vif.hessian`).
+        hessian: iHVP backend, ``"exact"``, ``"pinv"``, ``"cg"`` or ``"lissa"`` (see :mod:`vif.hessian`), or a
+            precomputed dense Hessian ``(n_params, n_params)`` of the objective at ``params`` (Cholesky).
         damping: ``lambda`` in ``H + lambda I``.
         eps: step along the mask path ``1 - eps e_i``, in ``(0, 1]``; the difference is divided by
             ``eps``, so any ``eps`` predicts the full removal (``eps = 1`` is VIF, ``eps -> 0`` the IF).
@@ -235,7 +236,7 @@ def influence(
     *,
     n_units: int,
     method: str = "vif",
-    hessian: str = "exact",
+    hessian: str | torch.Tensor = "exact",
     damping: float = 0.0,
     eps: float = 1.0,
     units: Sequence[int] | torch.Tensor | None = None,
