@@ -141,6 +141,7 @@ def leave_one_out(
             _save(folder / f"unit-{unit:06d}.pt", theta, meta)
 
     mask_aware = _takes_mask(target, target_takes_mask)
+    baseline = None if mask_aware else target(unflatten(theta_hat))
     changes, thetas = [], []
     for unit in selected:
         theta = refitted[unit].to(dtype=theta_hat.dtype, device=theta_hat.device)
@@ -148,7 +149,7 @@ def leave_one_out(
             mask = removal_mask(n_units, unit, theta_hat)
             change = target(unflatten(theta), mask) - target(unflatten(theta_hat), mask)
         else:
-            change = target(unflatten(theta)) - target(unflatten(theta_hat))
+            change = target(unflatten(theta)) - baseline
         changes.append(check_finite(change.detach(), f"the target change after removing unit {unit}"))
         thetas.append(theta)
     result = torch.stack(changes)
