@@ -20,7 +20,7 @@ from typing import Any
 
 import joblib
 import torch
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from .errors import InputError
 from .fit import gradient_norm
