@@ -91,6 +91,17 @@ def test_removing_a_node_equals_deleting_it_from_the_graph():
     torch.testing.assert_close(masked, deleted, rtol=1e-12, atol=1e-10)
 
 
+@pytest.mark.parametrize("dim", [2, 5])
+def test_matrix_free_loss_equals_the_loss_on_explicit_counts(dim):
+    loss = embedding.objective(graphs.karate(), dim=dim, l2=0.3, window=3, walk_length=6)
+    params = embedding.init_params(34, dim, seed=dim)
+    penalty = 0.5 * loss.penalty_weight * sum(float((value ** 2).sum()) for value in params.values())
+    for mask in (torch.ones(34, dtype=torch.float64), removal_mask(34, 0, loss.adj),
+                 torch.rand(34, generator=torch.Generator().manual_seed(1), dtype=torch.float64)):
+        explicit = loss.data_loss(embedding.logits(params), mask, loss.counts(mask)) + penalty
+        torch.testing.assert_close(loss(params, mask), explicit, rtol=1e-13, atol=0.0)
+
+
 def test_mask_enters_differentiably():
     loss = embedding.objective(graphs.karate(), l2=0.3)
     params = embedding.init_params(34, 2, seed=0)

@@ -221,7 +221,35 @@ class SkipGram:
                  counts: torch.Tensor | None = None) -> torch.Tensor:
         check_mask(mask, self.n_units)
         penalty = 0.5 * self.penalty_weight * ((params["input"] ** 2).sum() + (params["output"] ** 2).sum())
+        if counts is None and self.expected:
+            return self._factored_loss(params, mask) + penalty
         return self.data_loss(logits(params), mask, counts) + penalty
+
+    def _factored_loss(self, params: dict[str, torch.Tensor], mask: torch.Tensor) -> torch.Tensor:
+        """``data_loss`` with expected counts, without forming ``P^k`` or ``C``: O(window * n^2 * dim).
+
+        With ``C_k = diag(M_k) P^k`` and ``M_k = sum_{t < T - k} q_t``: the row sums of ``C_k + C_k^T`` are
+        ``M_k * (P^k 1) + (M_k^T P^k)``, and ``<C_k + C_k^T, U V^T> = sum_u M_k[u] (U_u . (P^k V)_u +
+        V_u . (P^k U)_u)``; only products of ``P`` with (n, dim) matrices and vectors are needed.
+        """
+        transition, _ = _transition(self.adj, mask)
+        U, V = params["input"], params["output"]
+        visits = [mask]
+        for _ in range(self.walk_length - 1):
+            visits.append(visits[-1] @ transition)
+        stacked = torch.cat([torch.ones_like(mask)[:, None], U, V], dim=1)
+        rows, linear = torch.zeros_like(mask), mask.new_zeros(())
+        for lag in range(1, min(self.window, self.walk_length - 1) + 1):
+            stacked = transition @ stacked  # P^k [1, U, V]
+            centres = torch.stack(visits[: self.walk_length - lag]).sum(dim=0)
+            reached = centres
+            for _ in range(lag):
+                reached = reached @ transition  # M_k^T P^k
+            ones_k, U_k, V_k = stacked[:, :1].squeeze(1), stacked[:, 1:1 + self.dim], stacked[:, 1 + self.dim:]
+            rows = rows + centres * ones_k + reached
+            linear = linear + (centres * ((U * V_k).sum(dim=1) + (V * U_k).sum(dim=1))).sum()
+        normaliser = torch.logsumexp(logits(params) + _log_mask(mask)[None, :], dim=1)
+        return ((rows * normaliser).sum() - linear) / self.scale
 
 
 def _log_mask(mask: torch.Tensor) -> torch.Tensor:
@@ -328,6 +356,9 @@ def fit(graph, *, mask: torch.Tensor | None = None, init: dict[str, torch.Tensor
                     newton_steps=newton_steps)
 
 
+NEWTON_LIMIT = 1000  # most parameters for which the Newton polish forms the dense Hessian
+
+
 def minimise(function: Callable, init: dict[str, torch.Tensor], mask: torch.Tensor, *, gtol: float = 1e-10,
              max_iter: int = 3000, newton_steps: int = 50) -> dict[str, torch.Tensor]:
     """Minimise ``function(params, mask)`` over params by L-BFGS, then a pseudo-inverse Newton polish.
@@ -339,7 +370,8 @@ def minimise(function: Callable, init: dict[str, torch.Tensor], mask: torch.Tens
         gtol: required ``max |grad|``. The skip-gram loss is a mean cross-entropy of order ``log n`` and
             LOO changes of targets are of order 1e-3 to 1e-1, so 1e-10 makes them signal.
         max_iter: L-BFGS iterations.
-        newton_steps: at most this many Newton steps after L-BFGS.
+        newton_steps: at most this many Newton steps after L-BFGS; the polish needs the dense Hessian
+            and is skipped above ``NEWTON_LIMIT`` parameters (L-BFGS must then reach ``gtol`` alone).
 
     Returns:
         The minimiser with the structure of ``init``, detached.
@@ -359,7 +391,8 @@ def minimise(function: Callable, init: dict[str, torch.Tensor], mask: torch.Tens
     def flat(vector: torch.Tensor) -> torch.Tensor:
         return function(unflatten(vector), mask)
 
-    theta = _newton_polish(flat, _lbfgs(flat, theta.clone(), gtol, max_iter), gtol, newton_steps)
+    steps = newton_steps if theta.numel() <= NEWTON_LIMIT else 0
+    theta = _newton_polish(flat, _lbfgs(flat, theta.clone(), gtol, max_iter), gtol, steps)
     return {name: value.detach().clone() for name, value in unflatten(theta).items()}
 
 
@@ -395,7 +428,21 @@ def _newton_polish(flat: Callable, theta: torch.Tensor, gtol: float, steps: int)
     g_max = float(gradient(theta).abs().max())
     if g_max > gtol:
         raise ConvergenceError(
-            f"skip-gram fit stopped with max|grad| = {g_max:.2e} > gtol = {gtol:.0e} after {steps} Newton steps; "
-            "raise l2 (a flatter loss converges slowly), newton_steps, or loosen gtol."
+            f"skip-gram fit stopped with max|grad| = {g_max:.2e} > gtol = {gtol:.0e} after L-BFGS and {steps} Newton "
+            "steps; raise l2 (a flatter loss converges slowly), max_iter or newton_steps, or loosen gtol."
         )
     return theta
+
+
+def add_arguments(parser) -> None:
+    """Options of ``python -m vif reproduce node-embedding`` (defined in :mod:`vif.embedding_experiment`)."""
+    from .embedding_experiment import add_arguments as add
+
+    add(parser)
+
+
+def reproduce(**options) -> dict:
+    """Run the node-embedding experiment (:func:`vif.embedding_experiment.reproduce`)."""
+    from .embedding_experiment import reproduce as run
+
+    return run(**options)

@@ -37,7 +37,7 @@ from .metrics import correlations
 from .params import flatten
 
 __all__ = ["Settings", "Setup", "Refit", "ProximalRefit", "pbrf_objective", "setup", "estimate",
-           "ground_truth", "compare", "run", "add_arguments", "reproduce"]
+           "ground_truth", "compare", "run", "speed", "add_arguments", "reproduce"]
 
 GROUND_TRUTHS = ("warm", "cold", "pbrf")
 
@@ -57,6 +57,7 @@ class Settings:
     n_nodes: int = 200  # sbm only
     seed: int = 0
     dampings: tuple[float, ...] = (1e-3, 1e-2, 1e-1, 1.0)
+    gtol: float = 1e-10  # max |grad| of every fit and refit
 
     def key(self) -> str:
         """A stable string naming the settings, for cache keys."""
@@ -91,6 +92,10 @@ class Setup:
         """Number of nodes."""
         return self.loss.n_units
 
+    def link_target(self, params: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Link scores only (n_links,): a plain target (no mask), for timings."""
+        return self._link_score(params)
+
     def target(self, params: dict[str, torch.Tensor], mask: torch.Tensor) -> torch.Tensor:
         """Pair losses (n_pairs,) then link scores (n_links,), concatenated: shape (n_pairs + n_links,)."""
         return torch.cat([self._pair_loss(params, mask), self._link_score(params)])
@@ -121,7 +126,7 @@ def setup(config: Settings) -> Setup:
     loss = embedding.objective(graph, dim=config.dim, window=config.window, walk_length=config.walk_length,
                                l2=config.l2, expected=config.expected, seed=config.seed)
     start = time.perf_counter()
-    params = embedding.fit(loss, seed=config.seed)
+    params = embedding.fit(loss, seed=config.seed, gtol=config.gtol)
     seconds = time.perf_counter() - start
     n = loss.n_units
     rows, cols = torch.meshgrid(torch.arange(n), torch.arange(n), indexing="ij")
@@ -133,13 +138,13 @@ def setup(config: Settings) -> Setup:
 
 
 class Refit:
-    """``fit(mask, init)`` for :func:`vif.leave_one_out`: retrain the skip-gram loss to convergence."""
+    """``fit(mask, init)`` for :func:`vif.leave_one_out`: retrain the skip-gram loss to ``max |grad| <= gtol``."""
 
-    def __init__(self, loss: embedding.SkipGram, seed: int) -> None:
-        self.loss, self.seed = loss, seed
+    def __init__(self, loss: embedding.SkipGram, seed: int, gtol: float = 1e-10) -> None:
+        self.loss, self.seed, self.gtol = loss, seed, gtol
 
     def __call__(self, mask: torch.Tensor, init: dict[str, torch.Tensor] | None) -> dict[str, torch.Tensor]:
-        return embedding.fit(self.loss, mask=mask, init=init, seed=self.seed)
+        return embedding.fit(self.loss, mask=mask, init=init, seed=self.seed, gtol=self.gtol)
 
 
 def pbrf_objective(loss: embedding.SkipGram, params_s: dict[str, torch.Tensor], damping: float):
@@ -192,7 +197,8 @@ def ground_truth(problem: Setup, kind: str, *, damping: float = 0.0, cache_dir=N
     """Actual target changes for every node, (n_units, n_targets): ``"warm"``, ``"cold"`` or ``"pbrf"``."""
     if kind not in GROUND_TRUTHS:
         raise ValueError(f"kind must be one of {GROUND_TRUTHS}, got {kind!r}.")
-    fit = ProximalRefit(problem.loss, problem.params, damping) if kind == "pbrf" else Refit(problem.loss, problem.settings.seed)
+    fit = ProximalRefit(problem.loss, problem.params, damping) if kind == "pbrf" else Refit(
+        problem.loss, problem.settings.seed, problem.settings.gtol)
     key = f"{problem.settings.key()}|{kind}|{damping!r}"
     return leave_one_out(fit, problem.params, problem.target, n_units=problem.n_units, warm_start=kind != "cold",
                          cache_dir=cache_dir, cache_key=key, progress=progress)
@@ -239,7 +245,9 @@ def summarise(out: dict) -> dict:
         for truth, actual in truths.items():
             table.append({"method": method, "damping": damping, "truth": truth, **{
                 key: value for key, value in _flatten(compare(problem, predicted, actual)).items()}})
-    return {"settings": asdict(problem.settings), "n_nodes": problem.n_units,
+    changed = ((out["truths"]["cold"] - out["truths"]["warm"]).abs() * problem.valid()).amax(dim=1)
+    return {"settings": asdict(problem.settings), "cold_minimum_differs": int((changed > 1e-6).sum()),
+            "cold_minus_warm_max": float(changed.max()), "n_nodes": problem.n_units,
             "n_params": 2 * problem.n_units * problem.settings.dim, "n_pairs": len(problem.pairs),
             "n_links": len(problem.links), "fit_seconds": problem.fit_seconds, "seconds": out["seconds"],
             "correlations": table}
@@ -247,6 +255,51 @@ def summarise(out: dict) -> dict:
 
 def _flatten(nested: dict) -> dict:
     return {f"{outer}/{inner}": value for outer, values in nested.items() for inner, value in values.items()}
+
+
+def speed(graph: str = "karate", *, n_nodes: int = 200, n_targets: int = 20, n_loo: int | None = None,
+          seed: int = 0, gtol: float | None = None) -> dict:
+    """Wall-clock seconds of VIF, IF and leave-one-out refits on one graph (link-score targets).
+
+    Args:
+        graph, n_nodes, seed: the graph (see :func:`vif.datasets.graphs.load_graph`).
+        n_targets: link-score targets (a plain target: one linear solve per target).
+        n_loo: refits timed, warm and cold, on the first ``n_loo`` nodes (default all); the full LOO time
+            is ``n`` times their mean (projected when ``n_loo < n``).
+        gtol: ``max |grad|`` of the fit and of each refit; default 1e-10 with the dense Newton polish,
+            1e-8 above ``vif.embedding.NEWTON_LIMIT`` parameters (L-BFGS alone).
+
+    Returns:
+        Dict with ``n_nodes``, ``n_params``, ``backend`` (``"pinv"``: dense Hessian and eigendecomposition,
+        up to ``vif.embedding.NEWTON_LIMIT`` parameters; else ``"cg"``, damping 0), seconds ``vif`` and
+        ``if`` (all nodes), ``refit_warm`` / ``refit_cold`` (mean of one refit), ``loo_warm`` / ``loo_cold``
+        (all nodes) and the ratios ``loo_cold/vif``, ``loo_warm/vif``, ``loo_cold/if``.
+    """
+    n = load_graph(graph, n_nodes=n_nodes, seed=seed).num_nodes
+    dense = 2 * n * Settings.dim <= embedding.NEWTON_LIMIT
+    backend = "pinv" if dense else "cg"
+    gtol = (1e-10 if dense else 1e-8) if gtol is None else gtol
+    config = settings(quick=True, graph=graph, n_nodes=n_nodes, seed=seed, n_pairs=1, n_links=n_targets,
+                      gtol=gtol)
+    problem = setup(config)
+    seconds = {}
+    for method in ("vif", "if"):
+        start = time.perf_counter()
+        influence(problem.loss, problem.params, problem.link_target, n_units=n, method=method, hessian=backend)
+        seconds[method] = time.perf_counter() - start
+    refit, timed = Refit(problem.loss, seed, gtol), range(n if n_loo is None else min(n_loo, n))
+    for name, init in (("warm", problem.params), ("cold", None)):
+        start = time.perf_counter()
+        for unit in timed:
+            mask = torch.ones(n, dtype=torch.float64)
+            mask[unit] = 0.0
+            refit(mask, init)
+        seconds[f"refit_{name}"] = (time.perf_counter() - start) / len(timed)
+        seconds[f"loo_{name}"] = seconds[f"refit_{name}"] * n
+    return {"graph": problem.graph.name, "n_nodes": n, "n_params": 2 * n * config.dim, "backend": backend,
+            "gtol": gtol, "fit": problem.fit_seconds, **seconds, "loo_timed_refits": len(timed),
+            "loo_cold/vif": seconds["loo_cold"] / seconds["vif"], "loo_warm/vif": seconds["loo_warm"] / seconds["vif"],
+            "loo_cold/if": seconds["loo_cold"] / seconds["if"]}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -262,7 +315,8 @@ def reproduce(*, quick: bool, seed: int, graph: str = "karate", dim: int = 2, ca
     torch.set_num_threads(1)  # these problems are small: threads only add contention
     try:
         out = run(settings(quick=quick, graph=graph, dim=dim, seed=seed), cache_dir=cache_dir, progress=True)
+        timings = speed(graph, seed=seed, n_loo=None if graph == "karate" else 3)
     finally:
         torch.set_num_threads(threads)
-    return summarise(out)
+    return {**summarise(out), "speed": timings}
 
