@@ -1,0 +1,226 @@
+"""Cox proportional-hazards regression with a unit mask: the objective VIF differentiates, and its fit.
+
+The units are **patients**. A patient appears in two places of the Cox partial likelihood: in its own
+event term (if it had an event) and in the risk set of every earlier event. Deleting patient ``i``
+(``mask[i] = 0``) removes both; the mask acts as a case weight, so values in ``(0, 1)`` down-weight a
+patient as survival packages do with case weights.
+
+Scale convention: the objective is the **summed** negative partial log-likelihood (not the mean over
+events) plus ``l2 / 2 * ||beta||^2``. VIF is invariant to an overall scale of the objective; ``l2`` is not,
+so ``l2`` is a penalty on the summed likelihood (lifelines' ``penalizer`` is on the mean; see its docs).
+
+With weights ``w`` (the mask), linear predictor ``eta = X beta``, event times sorted ascending and tie
+groups ``g`` (patients with equal time), risk-set sum ``S_g = sum_{j: t_j >= t_g} w_j exp(eta_j)``:
+
+* Breslow: ``L = -sum_i w_i d_i eta_i + sum_i w_i d_i log S_{g(i)}``
+* Efron (weighted, as R's ``survival::coxph``): within group ``g`` let ``m_g`` be the number of events
+  with positive weight, ``W_g`` their summed weight and ``D_g = sum_{events in g} w_j exp(eta_j)``; then
+  ``L = -sum_i w_i d_i eta_i + sum_g (W_g / m_g) sum_{r=0}^{m_g-1} log(S_g - (r / m_g) D_g)``.
+
+For a 0/1 mask both equal the objective on the data with the zero-weight patients deleted; a risk set
+that the mask empties contributes exactly zero (never ``log 0`` or NaN).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from .errors import InputError
+from .params import check_mask
+
+TIES = ("breslow", "efron")
+
+__all__ = ["TIES", "CoxData", "prepare", "objective", "fit", "relative_hazard", "log_partial_likelihood",
+           "add_arguments", "reproduce"]
+
+
+@dataclass(frozen=True)
+class CoxData:
+    """Survival data sorted by time once, with the index tensors the vectorised objective needs.
+
+    Attributes:
+        x: covariates sorted by time, shape ``(n, p)``.
+        event: event indicators (1.0 event, 0.0 censored) sorted by time, shape ``(n,)``.
+        order: ``order[k]`` is the original row of sorted position ``k``, shape ``(n,)``.
+        group: tie-group id of each sorted position (0, 1, ... in time order), shape ``(n,)``.
+        start: first sorted position of each position's tie group, shape ``(n,)``.
+        n_groups: number of distinct times.
+    """
+
+    x: torch.Tensor
+    event: torch.Tensor
+    order: torch.Tensor
+    group: torch.Tensor
+    start: torch.Tensor
+    n_groups: int
+
+    @property
+    def n(self) -> int:
+        """Number of patients (units)."""
+        return int(self.x.shape[0])
+
+
+def _as_tensor(value: Any, name: str, dtype: torch.dtype | None) -> torch.Tensor:
+    if hasattr(value, "to_numpy"):
+        value = value.to_numpy()
+    tensor = torch.as_tensor(np.asarray(value) if not isinstance(value, torch.Tensor) else value)
+    if dtype is not None:
+        tensor = tensor.to(dtype)
+    if not bool(torch.isfinite(tensor).all()):
+        raise InputError(f"{name} has {int((~torch.isfinite(tensor)).sum())} NaN or infinite entries; drop or impute them.")
+    return tensor
+
+
+def prepare(X: Any, time: Any, event: Any) -> CoxData:
+    """Validate survival data and sort it by time (stable, so ties keep their input order).
+
+    Args:
+        X: covariates, array-like ``(n, p)`` (a float tensor keeps its dtype; anything else becomes float64).
+        time: follow-up times, array-like ``(n,)``, finite and positive.
+        event: event indicators, array-like ``(n,)`` with values 0 (censored) or 1 (event).
+
+    Raises:
+        InputError: wrong shapes, non-finite values, non-positive times, events not 0/1, or no event.
+    """
+    dtype = X.dtype if isinstance(X, torch.Tensor) and X.is_floating_point() else torch.float64
+    x = _as_tensor(X, "X", dtype)
+    if x.ndim != 2 or x.shape[0] == 0 or x.shape[1] == 0:
+        raise InputError(f"X must have shape (n_patients, n_covariates), got {tuple(x.shape)}.")
+    n = x.shape[0]
+    t = _as_tensor(time, "time", torch.float64)
+    d = _as_tensor(event, "event", dtype)
+    for name, value in (("time", t), ("event", d)):
+        if value.shape != (n,):
+            raise InputError(f"{name} must have shape ({n},) to match X, got {tuple(value.shape)}.")
+    if bool((t <= 0).any()):
+        raise InputError(f"time has {int((t <= 0).sum())} non-positive entries; survival times must be > 0.")
+    if not bool(((d == 0) | (d == 1)).all()):
+        raise InputError("event must be 0 (censored) or 1 (event); convert booleans or codes first.")
+    if not bool((d == 1).any()):
+        raise InputError("event has no 1s: the Cox partial likelihood needs at least one observed event.")
+    order = torch.argsort(t, stable=True)
+    ts = t[order]
+    new_group = torch.ones(n, dtype=torch.bool)
+    new_group[1:] = ts[1:] != ts[:-1]
+    group = torch.cumsum(new_group.long(), 0) - 1
+    first = torch.nonzero(new_group).squeeze(1)
+    return CoxData(x=x[order], event=d[order], order=order, group=group, start=first[group],
+                   n_groups=int(first.numel()))
+
+
+def _negative_log_partial_likelihood(data: CoxData, beta: torch.Tensor, w: torch.Tensor, ties: str) -> torch.Tensor:
+    """Summed negative partial log-likelihood for weights ``w`` in sorted order, shape ``(n,)``."""
+    eta = data.x @ beta
+    shift = eta.detach().max()  # any constant works; the max keeps exp() <= 1 (no overflow)
+    ew = w * torch.exp(eta - shift)
+    risk = torch.flip(torch.cumsum(torch.flip(ew, (0,)), 0), (0,))[data.start]  # S_g of each position
+    wd = w * data.event
+    if ties == "breslow":
+        weight, denominator = wd, risk
+    else:
+        live = data.event * (w > 0).to(w.dtype)  # events still present
+        before = torch.cumsum(live, 0) - live
+        rank = before - before[data.start]  # r: present events before this one in its tie group
+        zeros = torch.zeros(data.n_groups, dtype=w.dtype, device=w.device)
+        count = zeros.index_add(0, data.group, live)[data.group]
+        tied_weight = zeros.index_add(0, data.group, wd)[data.group]
+        tied_risk = zeros.index_add(0, data.group, data.event * ew)[data.group]
+        safe_count = torch.where(count > 0, count, torch.ones_like(count))
+        weight = live * tied_weight / safe_count
+        denominator = risk - rank / safe_count * tied_risk
+    present = weight != 0
+    log_denominator = torch.log(torch.where(present, denominator, torch.ones_like(denominator))) + shift
+    return -(wd * eta).sum() + (weight * torch.where(present, log_denominator, torch.zeros_like(eta))).sum()
+
+
+def objective(X: Any, time: Any, event: Any, *, ties: str = "breslow", l2: float = 0.0
+              ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """Build the masked Cox objective ``objective(beta, mask) -> scalar`` for the engine.
+
+    Args:
+        X: covariates ``(n, p)``; time: ``(n,)`` positive; event: ``(n,)`` 0/1 (see :func:`prepare`).
+        ties: ``"breslow"`` or ``"efron"`` (weighted Efron, see the module docstring).
+        l2: ridge penalty, adds ``l2 / 2 * ||beta||^2`` to the **summed** negative partial log-likelihood.
+
+    Returns:
+        ``objective(beta, mask)``: ``beta`` shape ``(p,)``, ``mask`` shape ``(n,)`` in the input row order
+        (1 keeps a patient, 0 deletes it, values in between are case weights). O(n p) per call, sorted
+        once, risk sets by reverse cumulative sums; vmap-compatible over ``mask``.
+
+    Raises:
+        InputError: bad data (see :func:`prepare`), unknown ``ties`` or negative ``l2``.
+    """
+    if ties not in TIES:
+        raise InputError(f"ties must be one of {TIES}, got {ties!r}.")
+    if l2 < 0:
+        raise InputError(f"l2 must be >= 0, got {l2}.")
+    data = prepare(X, time, event)
+
+    def cox_objective(beta: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        check_mask(mask, data.n)
+        value = _negative_log_partial_likelihood(data, beta, mask[data.order], ties)
+        return value + 0.5 * l2 * (beta * beta).sum() if l2 else value
+
+    cox_objective.data = data  # type: ignore[attr-defined]  # lets callers reuse the sorted data
+    return cox_objective
+
+
+def fit(X: Any, time: Any, event: Any, *, ties: str = "breslow", l2: float = 0.0, mask: torch.Tensor | None = None,
+        init: torch.Tensor | None = None, gtol: float = 1e-9, max_iter: int = 50) -> torch.Tensor:
+    """Maximum partial-likelihood coefficients by damped Newton (:func:`vif.fit.newton`).
+
+    Args:
+        X, time, event, ties, l2: as in :func:`objective`.
+        mask: ``(n,)`` case weights / deletions; ``None`` means all ones.
+        init: starting ``beta`` ``(p,)`` (e.g. the full-data fit for a warm-started LOO refit); default zeros.
+        gtol: stop when ``max |grad|`` of the summed objective is below this.
+        max_iter: Newton iterations allowed.
+
+    Returns:
+        ``beta`` of shape ``(p,)``, the dtype of ``X`` (float64 unless ``X`` is a float tensor).
+
+    Raises:
+        vif.errors.ConvergenceError: ``max |grad| > gtol`` after ``max_iter`` iterations (e.g. separation:
+            a covariate that perfectly orders the events has no finite maximiser; use ``l2 > 0``).
+    """
+    from .fit import newton
+
+    loss = objective(X, time, event, ties=ties, l2=l2)
+    data: CoxData = loss.data  # type: ignore[attr-defined]
+    like = data.x
+    mask = torch.ones(data.n, dtype=like.dtype) if mask is None else mask.to(like.dtype)
+    start = torch.zeros(data.x.shape[1], dtype=like.dtype) if init is None else init.detach().to(like.dtype)
+    return newton(loss, start, mask, gtol=gtol, max_iter=max_iter)
+
+
+def relative_hazard(X_test: Any, dtype: torch.dtype = torch.float64) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Target ``beta -> exp(X_test beta)``, the relative hazards of the test patients, shape ``(n_test,)``."""
+    x = _as_tensor(X_test, "X_test", dtype)
+    return lambda beta: torch.exp(x @ beta)
+
+
+def log_partial_likelihood(X_test: Any, time: Any, event: Any, *, ties: str = "breslow"
+                           ) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Target ``beta -> `` the (positive) partial log-likelihood of held-out patients, a scalar."""
+    test_loss = objective(X_test, time, event, ties=ties)
+    full = torch.ones(test_loss.data.n, dtype=test_loss.data.x.dtype)  # type: ignore[attr-defined]
+    return lambda beta: -test_loss(beta, full)
+
+
+def add_arguments(parser: Any) -> None:
+    """CLI options of ``python -m vif reproduce cox`` (the experiment lives in :mod:`vif.cox_experiment`)."""
+    from .cox_experiment import add_arguments as experiment_arguments
+
+    experiment_arguments(parser)
+
+
+def reproduce(*, quick: bool, seed: int, **options: Any) -> dict:
+    """Run the Cox experiment (:func:`vif.cox_experiment.reproduce`) and return its JSON summary."""
+    from .cox_experiment import reproduce as experiment_reproduce
+
+    return experiment_reproduce(quick=quick, seed=seed, **options)
