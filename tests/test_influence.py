@@ -130,7 +130,11 @@ def test_eps_path_interpolates_between_if_and_vif():
 
     beta = vif.fit.newton(objective, torch.zeros((), dtype=torch.float64), torch.ones(n, dtype=torch.float64))
     values = {eps: vif.parameter_influence(objective, beta, n_units=n, eps=eps) for eps in (1e-6, 0.5, 1.0)}
-    infinitesimal = vif.parameter_influence(objective, beta, n_units=n, method="if")
+    infinitesimal = vif.parameter_influence(objective, beta, n_units=n, method="if")  # Jacobian d g/d m route
+    one_unit_at_a_time = vif.parameter_influence(objective, beta, n_units=n, method="if", vectorize=False)
+    assert torch.allclose(infinitesimal, one_unit_at_a_time, atol=1e-12)
+    per_target = vif.influence(objective, beta, lambda b: torch.stack([b, 2 * b]), n_units=n, method="if")
+    assert torch.allclose(per_target, infinitesimal * torch.tensor([1.0, 2.0], dtype=torch.float64), atol=1e-12)
     assert torch.allclose(values[1e-6], infinitesimal, atol=1e-5)
     assert not torch.allclose(values[1.0], infinitesimal, atol=1e-4)
     assert torch.allclose(values[1.0], vif.influence(objective, beta, lambda b: b, n_units=n)[:, None])

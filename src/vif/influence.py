@@ -20,8 +20,9 @@ raises ``f``.
 
 Cost. One Hessian factorisation (or iterative solves), then the masked gradients of all units in
 chunks of ``chunk_size`` masks, vectorised with :func:`torch.func.vmap`. The number of linear solves is
-``min(n_targets, n_units)``. For ``method="if"`` with a plain target and fewer targets than units, each
-target needs a single reverse pass through ``m -> v_t . g(m)`` that gives all units at once.
+``min(n_targets, n_units)``. For ``method="if"`` the mask derivative of the gradient is linear in the unit,
+so all units come from the cheapest of: ``n_params`` reverse passes (the Jacobian ``d g / d m``), one
+reverse pass per target through ``m -> v_t . g(m)``, or one forward-over-reverse pass per unit.
 """
 
 from __future__ import annotations
@@ -64,6 +65,16 @@ class _Problem:
         self.full_gradient = check_finite(
             grad(self.flat_objective)(self.theta, self.ones), "the gradient of the objective at params"
         )
+        self.mask_jacobian: torch.Tensor | None = None
+
+    def prefer_mask_jacobian(self, method: str, alternative_passes: int) -> None:
+        """For the IF, build ``d g / d m`` for all units at once when that takes fewer passes.
+
+        The Jacobian costs ``n_params`` reverse passes; the alternative costs one pass per unit or per target.
+        """
+        n_params = self.theta.numel()
+        if method == "if" and self.vectorize and n_params < alternative_passes and n_params <= 4096:
+            self.mask_jacobian = jacrev(lambda mask: grad(self.flat_objective)(self.theta, mask), chunk_size=64)(self.ones)
 
     def _call_checked(self, theta: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         try:
@@ -114,7 +125,9 @@ class _Problem:
         """
         directions = torch.zeros(len(units), self.n_units, dtype=self.theta.dtype, device=self.theta.device)
         directions[torch.arange(len(units)), units] = 1.0
-        if method == "vif":
+        if method == "if" and self.mask_jacobian is not None:
+            differences = -self.mask_jacobian[:, units].T
+        elif method == "vif":
             gradient_at = grad(self.flat_objective)
             masked = self.map(lambda mask: gradient_at(self.theta, mask), self.ones - eps * directions)
             differences = (masked - self.full_gradient) / eps
@@ -220,6 +233,7 @@ def parameter_influence(
     index = problem.select_units(units)
     solve = _solver(problem, hessian, damping, dict(tol=tol, max_iter=max_iter, preconditioner=preconditioner,
                                                    lissa_scale=lissa_scale, on_nonconvergence=on_nonconvergence))
+    problem.prefer_mask_jacobian(method, len(index))
     rows, nonzero = [], False
     for chunk in torch.split(index, max(1, chunk_size)):
         differences = problem.gradient_differences(chunk, method, eps)
@@ -298,8 +312,10 @@ def influence(
     solve = _solver(problem, hessian, damping, solver_options)
 
     if mask_aware or len(index) <= n_targets:
+        problem.prefer_mask_jacobian(method, len(index))
         result = _unit_route(problem, flat_target, solve, index, method, eps, chunk_size, mask_aware)
     else:
+        problem.prefer_mask_jacobian(method, n_targets)
         result = _target_route(problem, flat_target, solve, index, method, eps, chunk_size)
     return result[:, 0] if scalar_target else result
 
@@ -335,7 +351,7 @@ def _target_route(problem, flat_target, solve, index, method, eps, chunk_size) -
     """One linear solve per target: ``v_t = H^-1 grad f_t``, then ``-v_t . D_i`` for every unit."""
     jacobian = check_finite(jacrev(flat_target)(problem.theta, problem.ones), "the gradient of the target")
     solutions = solve(jacobian.T)  # (n_params, n_targets)
-    if method == "if":
+    if method == "if" and problem.mask_jacobian is None:
         def all_units(vector: torch.Tensor) -> torch.Tensor:
             def directional(mask: torch.Tensor) -> torch.Tensor:
                 return jvp(lambda theta: problem.flat_objective(theta, mask), (problem.theta,), (vector,))[1]
