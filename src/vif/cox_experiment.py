@@ -32,12 +32,12 @@ from .loo import leave_one_out
 from .metrics import correlations
 
 __all__ = ["CoxSetup", "setup", "estimate", "lifelines_delta_beta", "exact_loo", "adam", "paper_loo", "run",
-           "reproduce", "add_arguments", "torch_threads", "EPOCHS", "QUICK_UNITS", "EPS_GRID"]
+           "reproduce", "add_arguments", "torch_threads", "speed", "relative_error", "EPOCHS", "QUICK_UNITS", "EPS_GRID"]
 
 EPOCHS = {"support": 100, "rotterdam": 200, "metabric": 200, "gbsg2": 200}  # the paper's protocol
-QUICK_UNITS = 300  # LOO units under --quick (a seeded subsample of the training patients)
-PAPER_UNITS = {True: 40, False: 400}  # units for the paper-protocol LOO (quick, full)
-TIMING_UNITS = 100  # fresh refits timed when the LOO results come from a cache
+QUICK_UNITS = 150  # LOO units under --quick (a seeded subsample of the training patients)
+PAPER_UNITS = {True: 20, False: 400}  # units for the paper-protocol LOO (quick, full)
+TIMING_UNITS = 100  # at most this many fresh refits timed when the LOO results come from a cache
 EPS_GRID = (0.01, 0.03, 0.1, 0.2, 0.4, 0.6, 0.8, 1.0)
 
 
@@ -47,6 +47,8 @@ class CoxSetup:
 
     Attributes:
         name: dataset name. data: the split. ties: tie method of every fit here.
+        train: ``(x (n, p), time (n,), event (n,))`` the training patients used (standardised covariates).
+        rows_train / rows_test: their rows in ``data.dataset.frame``.
         objective: masked objective over the training patients (see :func:`vif.cox.objective`).
         beta_hat: exact fit ``(p,)``. target: ``beta -> (n_test + 1,)``: test relative hazards, then the
             test partial log-likelihood. units: training patients whose removal is studied ``(n_units,)``.
@@ -55,6 +57,9 @@ class CoxSetup:
     name: str
     data: SurvivalSplit
     ties: str
+    train: tuple[np.ndarray, np.ndarray, np.ndarray]
+    rows_train: np.ndarray
+    rows_test: np.ndarray
     objective: Any
     beta_hat: torch.Tensor
     target: Any
@@ -63,27 +68,44 @@ class CoxSetup:
     @property
     def n_train(self) -> int:
         """Training patients (units of the objective)."""
-        return int(self.data.part("train")[0].shape[0])
+        return int(self.train[0].shape[0])
 
 
-def setup(dataset: str, *, quick: bool, seed: int = 0, ties: str = "efron", **loader_options: Any) -> CoxSetup:
-    """Load, split (seeded), fit exactly, and choose the units (all, or ``QUICK_UNITS`` seeded under quick)."""
+def setup(dataset: str, *, quick: bool, seed: int = 0, ties: str = "efron", n_train: int | None = None,
+          n_targets: int | None = None, **loader_options: Any) -> CoxSetup:
+    """Load, split (seeded), fit exactly, and choose the units.
+
+    Args:
+        dataset: a key of :data:`vif.datasets.survival.DATASETS`.
+        quick: study ``QUICK_UNITS`` seeded training patients instead of all.
+        seed: seed of the split and of every subsample.
+        ties: ``"efron"`` (default) or ``"breslow"``.
+        n_train / n_targets: optional seeded subsamples of the training / test patients (speed sweeps).
+    """
     data = split(DATASETS[dataset](**loader_options), seed=seed)
+    rng = np.random.default_rng(seed)
     x, time_, event = data.part("train")
-    objective = cox.objective(x, time_, event, ties=ties)
-    beta_hat = newton(objective, torch.zeros(x.shape[1], dtype=torch.float64), torch.ones(len(x), dtype=torch.float64))
     x_test, time_test, event_test = data.part("test")
-    hazard = cox.relative_hazard(x_test)
-    loglik = cox.log_partial_likelihood(x_test, time_test, event_test, ties=ties)
+    rows_train, rows_test = np.arange(len(x)), np.arange(len(x_test))
+    if n_train is not None and n_train < len(x):
+        rows_train = np.sort(rng.choice(len(x), n_train, replace=False))
+    if n_targets is not None and n_targets < len(x_test):
+        rows_test = np.sort(rng.choice(len(x_test), n_targets, replace=False))
+    train = (x[rows_train], time_[rows_train], event[rows_train])
+    objective = cox.objective(*train, ties=ties)
+    n = len(rows_train)
+    beta_hat = newton(objective, torch.zeros(x.shape[1], dtype=torch.float64), torch.ones(n, dtype=torch.float64))
+    hazard = cox.relative_hazard(x_test[rows_test])
+    loglik = cox.log_partial_likelihood(x_test[rows_test], time_test[rows_test], event_test[rows_test], ties=ties)
 
     def target(beta: torch.Tensor) -> torch.Tensor:
         return torch.cat([hazard(beta), loglik(beta)[None]])
 
-    n = len(x)
     units = torch.arange(n)
     if quick and n > QUICK_UNITS:
-        units = torch.sort(torch.from_numpy(np.random.default_rng(seed).choice(n, QUICK_UNITS, replace=False)))[0]
-    return CoxSetup(dataset, data, ties, objective, beta_hat, target, units)
+        units = torch.sort(torch.from_numpy(rng.choice(n, QUICK_UNITS, replace=False)))[0]
+    return CoxSetup(dataset, data, ties, train, data.rows_train[rows_train], data.rows_test[rows_test], objective,
+                    beta_hat, target, units)
 
 
 def _timed(function, *args, **kwargs):
@@ -99,7 +121,7 @@ def estimate(problem: CoxSetup, *, method: str = "vif", eps: float = 1.0, units:
 
 
 def lifelines_delta_beta(problem: CoxSetup) -> torch.Tensor:
-    """lifelines' ``delta_beta`` residuals pushed through the target gradient: ``(n_units, n_test + 1)``.
+    """The lifelines ``delta_beta`` residuals pushed through the target gradient: ``(n_units, n_test + 1)``.
 
     lifelines 0.30.3 returns ``beta_hat - beta_-i`` (approximately), so the sign is flipped. Its
     ``_compute_score`` rescales the coefficients by the covariates' standard deviations although the
@@ -109,7 +131,7 @@ def lifelines_delta_beta(problem: CoxSetup) -> torch.Tensor:
     """
     from lifelines import CoxPHFitter
 
-    x, time_, event = problem.data.part("train")
+    x, time_, event = problem.train
     scale = x.std(axis=0, ddof=1)
     columns = [f"x{k}" for k in range(x.shape[1])]
     frame = pd.DataFrame(x / scale, columns=columns).assign(time=time_, event=event)
@@ -207,6 +229,39 @@ def torch_threads(threads: int | None):
         torch.set_num_threads(previous)
 
 
+def relative_error(predicted: torch.Tensor, actual: torch.Tensor) -> float:
+    """``||predicted - actual||_F / ||actual||_F``: how far the estimates are from LOO in size, not just rank."""
+    return float(torch.linalg.norm(predicted - actual) / torch.linalg.norm(actual))
+
+
+def speed(dataset: str = "support", *, n_train: int, n_targets: int = 200, seed: int = 0,
+          loo_units: int | None = None, paper_units: int = 3, threads: int | None = 1) -> dict[str, Any]:
+    """Seconds of every method on one training size, all units; LOO extrapolated from ``loo_units`` if given.
+
+    Returns the sizes, ``seconds`` (vif, if, lifelines_delta_beta, loo_exact, loo_paper), ``speedup`` and
+    the process's peak resident memory after the VIF pass (``peak_rss_gb``, Linux ``ru_maxrss``).
+    """
+    import resource
+
+    with torch_threads(threads):
+        problem = setup(dataset, quick=False, seed=seed, n_train=n_train, n_targets=n_targets)
+        units = problem.units
+        _, t_vif = _timed(estimate, problem, method="vif")
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+        _, t_if = _timed(estimate, problem, method="if")
+        _, t_lifelines = _timed(lifelines_delta_beta, problem)
+        timed = units if loo_units is None else units[:loo_units]
+        _, t_loo = _timed(exact_loo, problem, units=timed)
+        t_loo *= len(units) / len(timed)
+        _, t_paper = _timed(paper_loo, problem, units[:paper_units], seed=seed, chunk_size=1)
+        t_paper *= len(units) / paper_units
+    seconds = {"vif": t_vif, "if": t_if, "lifelines_delta_beta": t_lifelines, "loo_exact": t_loo, "loo_paper": t_paper}
+    return {"n_train": problem.n_train, "n_targets": len(problem.rows_test), "n_units": len(units),
+            "loo_exact_timed_units": len(timed), "loo_paper_timed_units": paper_units, "peak_rss_gb": peak,
+            "seconds": seconds, "speedup": {"vif_vs_loo_exact": t_loo / t_vif, "vif_vs_loo_paper": t_paper / t_vif,
+                                             "if_vs_loo_exact": t_loo / t_if}}
+
+
 def run(dataset: str, *, quick: bool, seed: int = 0, cache_dir: str | Path | None = None, progress: bool = False,
         eps_grid: tuple[float, ...] = EPS_GRID, threads: int | None = 1, **loader_options: Any) -> dict[str, Any]:
     """Everything the chapter and the CLI report for one dataset; arrays are kept for plots.
@@ -230,7 +285,8 @@ def _run(dataset: str, *, quick: bool, seed: int, cache_dir: str | Path | None, 
     loo, t_loo = _timed(exact_loo, problem, cache_dir=cache_dir, progress=progress)
     extrapolated = cache_dir is not None
     if extrapolated:
-        timing_units = units[torch.randperm(n_units, generator=torch.Generator().manual_seed(seed))[:TIMING_UNITS]]
+        n_timed = min(TIMING_UNITS, max(10, n_units // 10))
+        timing_units = units[torch.randperm(n_units, generator=torch.Generator().manual_seed(seed))[:n_timed]]
         _, t_part = _timed(exact_loo, problem, units=timing_units)
         t_loo = t_part * n_units / len(timing_units)
     paper_units = units[torch.randperm(n_units, generator=torch.Generator().manual_seed(seed + 1))[:PAPER_UNITS[quick]]]
@@ -239,7 +295,11 @@ def _run(dataset: str, *, quick: bool, seed: int, cache_dir: str | Path | None, 
     rows = torch.tensor([position[int(u)] for u in paper_units])
     _, t_one = _timed(paper_loo, problem, paper_units[:3], seed=seed, chunk_size=1)  # sequential, as in the paper
     t_paper = t_one / 3 * n_units
-    eps_path = {eps: _corr(estimate(problem, method="vif", eps=eps), loo)["hazard"]["pearson"] for eps in eps_grid}
+    eps_path = {}
+    for eps in eps_grid:
+        predicted = estimate(problem, method="vif", eps=eps)
+        eps_path[eps] = {"pearson": _corr(predicted, loo)["hazard"]["pearson"],
+                         "relative_error": relative_error(predicted[:, :-1], loo[:, :-1])}
     seconds = {"vif": t_vif, "if": t_if, "lifelines_delta_beta": t_lifelines, "loo_exact": t_loo,
                "loo_paper": t_paper}
     return {
@@ -247,8 +307,8 @@ def _run(dataset: str, *, quick: bool, seed: int, cache_dir: str | Path | None, 
         "paper_loo": paper, "paper_rows": rows, "beta_adam": beta_adam,
         "summary": {
             "dataset": dataset, "n_patients": problem.data.dataset.n, "n_train": problem.n_train,
-            "n_test": len(problem.data.rows_test), "n_units": n_units, "n_covariates": problem.beta_hat.numel(),
-            "ties": problem.ties, "events_train": float(problem.data.part("train")[2].sum()),
+            "n_test": len(problem.rows_test), "n_units": n_units, "n_covariates": problem.beta_hat.numel(),
+            "ties": problem.ties, "events_train": float(problem.train[2].sum()),
             "correlations": {"vif": _corr(vif_estimate, loo), "if": _corr(if_estimate, loo),
                              "lifelines_delta_beta": _corr(lifelines_estimate, loo)},
             "paper_protocol": {
@@ -257,8 +317,11 @@ def _run(dataset: str, *, quick: bool, seed: int, cache_dir: str | Path | None, 
                 "vif_vs_paper_loo": _corr(vif_estimate[rows], paper),
                 "exact_loo_vs_paper_loo": _corr(loo[rows], paper),
             },
-            "eps_path_pearson": {str(eps): value for eps, value in eps_path.items()},
+            "eps_path": {str(eps): value for eps, value in eps_path.items()},
+            "relative_error": {name: relative_error(value[:, :-1], loo[:, :-1]) for name, value in
+                               (("vif", vif_estimate), ("if", if_estimate), ("lifelines_delta_beta", lifelines_estimate))},
             "seconds": seconds, "loo_exact_extrapolated": extrapolated,
+            "loo_exact_timed_units": len(timing_units) if extrapolated else n_units,
             "loo_paper_extrapolated_from_units": 3,
             "speedup": {"vif_vs_loo_exact": t_loo / t_vif, "vif_vs_loo_paper": t_paper / t_vif,
                         "if_vs_loo_exact": t_loo / t_if},

@@ -88,6 +88,8 @@ def load_support() -> SurvivalDataset:
     1 yes, 2 metastatic), ``meanbp`` (mean arterial blood pressure), ``hrt`` (heart rate), ``resp``
     (respiration rate), ``temp`` (temperature, Celsius), ``wblc`` (white blood cells, 1000/uL), ``sod``
     (serum sodium), ``crea`` (serum creatinine). Continuous: age, num_co and the seven physiology values.
+    As in DeepSurv, physiologically impossible zeros (``meanbp``, ``hrt``, ``resp`` = 0: missing values
+    coded as 0 in the source) are kept; they are among the most influential patients.
     """
     raw = _survset("support2")
     frame = pd.DataFrame({
