@@ -156,6 +156,17 @@ def test_vif_tracks_exact_leave_one_out(karate_problem):
     assert float((predicted - actual).abs().max()) < float(actual.abs().max())  # same scale, same sign
 
 
+def test_targets_containing_the_removed_node_are_excluded(karate_problem):
+    valid = karate_problem.valid()
+    both = torch.cat([karate_problem.pairs, karate_problem.links])
+    assert valid.shape == (34, len(both)) and len(karate_problem.pairs) == 34 * 33 and len(karate_problem.links) == 561
+    for column in (0, 500, len(both) - 1):
+        excluded = set((~valid[:, column]).nonzero().flatten().tolist())
+        assert excluded == set(both[column].tolist())
+    with pytest.raises(InputError, match="kind must be one of"):
+        experiment.ground_truth(karate_problem, "hot")
+
+
 def test_pbrf_is_stationary_at_the_fit_and_its_hessian_is_gauss_newton(karate_problem):
     loss, params = karate_problem.loss, karate_problem.params
     damping = 0.3

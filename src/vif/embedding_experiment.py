@@ -31,6 +31,7 @@ import torch
 
 from . import embedding
 from .datasets.graphs import GRAPHS, load_graph
+from .errors import InputError
 from .influence import influence
 from .loo import leave_one_out
 from .metrics import correlations
@@ -196,7 +197,7 @@ def ground_truth(problem: Setup, kind: str, *, damping: float = 0.0, cache_dir=N
                  progress: bool = False) -> torch.Tensor:
     """Actual target changes for every node, (n_units, n_targets): ``"warm"``, ``"cold"`` or ``"pbrf"``."""
     if kind not in GROUND_TRUTHS:
-        raise ValueError(f"kind must be one of {GROUND_TRUTHS}, got {kind!r}.")
+        raise InputError(f"kind must be one of {GROUND_TRUTHS}, got {kind!r}.")
     fit = ProximalRefit(problem.loss, problem.params, damping) if kind == "pbrf" else Refit(
         problem.loss, problem.settings.seed, problem.settings.gtol)
     key = f"{problem.settings.key()}|{kind}|{damping!r}"
