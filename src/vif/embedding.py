@@ -219,6 +219,7 @@ class SkipGram:
 
     def __call__(self, params: dict[str, torch.Tensor], mask: torch.Tensor,
                  counts: torch.Tensor | None = None) -> torch.Tensor:
+        """The objective (scalar); ``counts`` (n, n) optional, as in :meth:`data_loss`."""
         check_mask(mask, self.n_units)
         penalty = 0.5 * self.penalty_weight * ((params["input"] ** 2).sum() + (params["output"] ** 2).sum())
         if counts is None and self.expected:
@@ -253,8 +254,10 @@ class SkipGram:
 
 
 def _log_mask(mask: torch.Tensor) -> torch.Tensor:
-    """``log m`` with ``log 0`` replaced by ``log(tiny)`` (about -708 in float64): exp underflows to 0
-    exactly as for ``-inf``, but gradients stay finite."""
+    """``log m`` with ``log 0`` replaced by ``log(tiny)`` (about -708 in float64).
+
+    ``exp`` of it underflows to 0 exactly as for ``-inf``, but gradients stay finite.
+    """
     return torch.log(mask.clamp_min(torch.finfo(mask.dtype).tiny))
 
 

@@ -145,6 +145,7 @@ class Refit:
         self.loss, self.seed, self.gtol = loss, seed, gtol
 
     def __call__(self, mask: torch.Tensor, init: dict[str, torch.Tensor] | None) -> dict[str, torch.Tensor]:
+        """Minimise ``L(., mask)`` from ``init`` (warm) or from the seeded cold start (``init=None``)."""
         return embedding.fit(self.loss, mask=mask, init=init, seed=self.seed, gtol=self.gtol)
 
 
@@ -177,6 +178,7 @@ class ProximalRefit:
         self.objective = pbrf_objective(loss, params_s, damping)
 
     def __call__(self, mask: torch.Tensor, init: dict[str, torch.Tensor] | None) -> dict[str, torch.Tensor]:
+        """Minimise the PBRF objective at ``mask``, always from ``params_s`` (``init`` is ignored)."""
         counts = self.loss.counts(mask)
         return embedding.minimise(lambda params, m: self.objective(params, m, counts), self.params_s, mask)
 
