@@ -1,0 +1,237 @@
+"""Multi-label data framed as ranking: queries are instances, items are labels.
+
+Two sources, one preprocessing (as in the paper's code): raw features reduced to ``n_components = 8``
+dimensions by truncated SVD fitted on the training queries, then standardised; the first ``n_train``
+training queries with at least 2 relevant items and the first ``n_test`` test queries with at least one.
+
+* **Synthetic, offline default** (:func:`make_synthetic`): ``"mediamill-like"`` (101 items, 120 raw
+  features, about 4.4 relevant items per query, like Mediamill) and ``"delicious-like"`` (983 items,
+  500 raw features, about 19 relevant per query, like Delicious). Raw features are a noisy linear image
+  of an 8-dimensional latent vector; relevance is planted: item ``a`` is relevant to query ``q`` when its
+  utility ``z_q . v_a + b_a + Gumbel noise`` is among the query's top ``k_q`` (``k_q = 2 + Poisson`` for
+  training, ``1 + Poisson`` for test queries, so some test queries have a single relevant item); the
+  item biases ``b_a`` follow a Zipf-like popularity profile. These are *synthetic*: no number computed on
+  them is a claim about Mediamill or Delicious.
+* **Real** (:func:`load_xmc`): the Extreme Classification Repository text format (Bhatia et al.), e.g.
+  Mediamill (43,907 points, 120 features, 101 labels) and Delicious (16,105 points, 500 features,
+  983 labels). Files ``<Name>_data.txt`` (header ``n_points n_features n_labels``, then one line per point:
+  ``l1,l2,... f:v f:v ...`` with 0-based label and feature indices), ``<name>_trSplit.txt`` and
+  ``<name>_tstSplit.txt`` (one column per split, 1-based point indices). Obtain them from
+  http://manikvarma.org/downloads/XC/XMLRepository.html (licence: research use, see that page) and unzip
+  into the cache folder ``$VIF_DATA_DIR/<name>/``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+from ..errors import InputError
+from . import _files
+
+__all__ = ["RankingData", "SYNTHETIC", "XMC_FILES", "load", "load_xmc", "make_synthetic", "read_xmc", "read_split"]
+
+SYNTHETIC = {
+    "mediamill-like": dict(n_items=101, n_raw=120, mean_extra=2.4, popularity=1.0),
+    "delicious-like": dict(n_items=983, n_raw=500, mean_extra=17.0, popularity=0.7),
+}
+XMC_FILES = {
+    "mediamill": ("Mediamill_data.txt", "mediamill_trSplit.txt", "mediamill_tstSplit.txt"),
+    "delicious": ("Delicious_data.txt", "delicious_trSplit.txt", "delicious_tstSplit.txt"),
+}
+_XMC_URL = "http://manikvarma.org/downloads/XC/XMLRepository.html"
+
+
+@dataclass(frozen=True)
+class RankingData:
+    """Train and test queries, float64 tensors.
+
+    Attributes:
+        name: dataset name.
+        X_train: ``(n_train, n_components)`` features. Y_train: ``(n_train, n_items)`` 0/1 relevance.
+        X_test: ``(n_test, n_components)``. Y_test: ``(n_test, n_items)``.
+        synthetic: True for generated data.
+    """
+
+    name: str
+    X_train: torch.Tensor
+    Y_train: torch.Tensor
+    X_test: torch.Tensor
+    Y_test: torch.Tensor
+    synthetic: bool
+
+    @property
+    def n_items(self) -> int:
+        """Number of items (labels)."""
+        return self.Y_train.shape[1]
+
+
+def _reduce(raw_train, raw_test, n_components: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Truncated SVD fitted on the training rows, then standardised with the training mean and std."""
+    from sklearn.decomposition import TruncatedSVD
+
+    svd = TruncatedSVD(n_components=n_components, random_state=seed).fit(raw_train)
+    train, test = svd.transform(raw_train), svd.transform(raw_test)
+    mean, std = train.mean(axis=0), train.std(axis=0)
+    std[std == 0] = 1.0
+    return (train - mean) / std, (test - mean) / std
+
+
+def _select(labels, minimum: int, count: int, what: str) -> np.ndarray:
+    """Indices of the first ``count`` rows with at least ``minimum`` labels."""
+    sizes = np.asarray(labels.sum(axis=1)).ravel()
+    rows = np.flatnonzero(sizes >= minimum)[:count]
+    if len(rows) < count:
+        raise InputError(
+            f"only {len(rows)} {what} queries have >= {minimum} relevant items but {count} were asked for; "
+            f"pass a smaller n_{what}."
+        )
+    return rows
+
+
+def _finish(name, raw_tr, Y_tr, raw_te, Y_te, n_train, n_test, n_components, seed, synthetic) -> RankingData:
+    train_rows = _select(Y_tr, 2, n_train, "train")
+    test_rows = _select(Y_te, 1, n_test, "test")
+    X_tr, X_te = _reduce(raw_tr[train_rows], raw_te[test_rows], n_components, seed)
+
+    def dense(matrix) -> torch.Tensor:
+        matrix = matrix.toarray() if sp.issparse(matrix) else np.asarray(matrix)
+        return torch.as_tensor((matrix > 0).astype(np.float64))
+
+    return RankingData(
+        name, torch.as_tensor(X_tr), dense(Y_tr[train_rows]), torch.as_tensor(X_te), dense(Y_te[test_rows]), synthetic
+    )
+
+
+def make_synthetic(
+    shape: str = "mediamill-like", *, n_train: int = 5000, n_test: int = 500, n_components: int = 8, seed: int = 0
+) -> RankingData:
+    """Deterministic synthetic ranking data shaped like Mediamill or Delicious (see the module docstring).
+
+    Args:
+        shape: ``"mediamill-like"`` or ``"delicious-like"``.
+        n_train, n_test: numbers of training (>= 2 relevant) and test (>= 1 relevant) queries.
+        n_components: SVD dimension of the features.
+        seed: seeds the generator and the SVD; same seed, same data.
+    """
+    if shape not in SYNTHETIC:
+        raise InputError(f"shape={shape!r} is not one of {sorted(SYNTHETIC)}.")
+    spec = SYNTHETIC[shape]
+    n_items, rng = spec["n_items"], np.random.default_rng([seed, spec["n_items"]])
+    latent_dim = n_components
+    n = n_train + n_test
+    latent = rng.standard_normal((n, latent_dim))
+    mixing = rng.standard_normal((latent_dim, spec["n_raw"])) / np.sqrt(latent_dim)
+    raw = latent @ mixing + 0.3 * rng.standard_normal((n, spec["n_raw"]))
+    items = rng.standard_normal((n_items, latent_dim))
+    popularity = -spec["popularity"] * np.log1p(rng.permutation(n_items))
+    utility = latent @ items.T + popularity + rng.gumbel(size=(n, n_items))
+    extra = rng.poisson(spec["mean_extra"], size=n)
+    k = np.concatenate([2 + extra[:n_train], 1 + extra[n_train:]]).clip(max=n_items - 1)
+    rank = np.argsort(np.argsort(-utility, axis=1), axis=1)
+    Y = (rank < k[:, None]).astype(np.float64)
+    return _finish(shape, raw[:n_train], Y[:n_train], raw[n_train:], Y[n_train:], n_train, n_test,
+                   n_components, seed, True)
+
+
+def read_xmc(path: str | Path) -> tuple[sp.csr_matrix, sp.csr_matrix]:
+    """Parse an Extreme Classification Repository data file.
+
+    Returns:
+        ``(features, labels)``: CSR matrices ``(n_points, n_features)`` and 0/1 ``(n_points, n_labels)``.
+
+    Raises:
+        InputError: a malformed header or line (the message names the line number).
+    """
+    path = Path(path)
+    with path.open() as handle:
+        header = handle.readline().split()
+        if len(header) != 3 or not all(part.isdigit() for part in header):
+            raise InputError(f"{path}: the first line must be 'n_points n_features n_labels', got {header!r}.")
+        n_points, n_features, n_labels = map(int, header)
+        f_rows, f_cols, f_vals, l_rows, l_cols = [], [], [], [], []
+        for row, line in enumerate(handle):
+            parts = line.split()
+            if parts and ":" not in parts[0]:
+                labels, pairs = parts[0], parts[1:]
+                for label in labels.split(","):
+                    l_rows.append(row)
+                    l_cols.append(int(label))
+            else:
+                pairs = parts
+            try:
+                for pair in pairs:
+                    col, val = pair.split(":")
+                    f_rows.append(row)
+                    f_cols.append(int(col))
+                    f_vals.append(float(val))
+            except ValueError as error:
+                raise InputError(f"{path}, line {row + 2}: expected 'feature:value' pairs ({error}).") from error
+    if row + 1 != n_points:
+        raise InputError(f"{path}: header says {n_points} points but the file has {row + 1} data lines.")
+    if (l_cols and max(l_cols) >= n_labels) or (f_cols and max(f_cols) >= n_features):
+        raise InputError(f"{path}: a label or feature index exceeds the header's counts ({n_labels}, {n_features}).")
+    features = sp.csr_matrix((f_vals, (f_rows, f_cols)), shape=(n_points, n_features))
+    labels = sp.csr_matrix((np.ones(len(l_rows)), (l_rows, l_cols)), shape=(n_points, n_labels))
+    labels.data[:] = 1.0  # a label repeated on one line counts once
+    return features, labels
+
+
+def read_split(path: str | Path, split: int = 0) -> np.ndarray:
+    """0-based point indices of column ``split`` of a ``*_trSplit.txt`` / ``*_tstSplit.txt`` file (1-based)."""
+    table = np.loadtxt(path, dtype=np.int64, ndmin=2)
+    if not 0 <= split < table.shape[1]:
+        raise InputError(f"{path} has {table.shape[1]} splits; split={split} is out of range.")
+    return table[:, split] - 1
+
+
+def load_xmc(
+    name_or_folder: str | Path,
+    *,
+    split: int = 0,
+    n_train: int = 5000,
+    n_test: int = 500,
+    n_components: int = 8,
+    seed: int = 0,
+) -> RankingData:
+    """Load Mediamill or Delicious from the Extreme Classification Repository files.
+
+    Args:
+        name_or_folder: ``"mediamill"`` / ``"delicious"`` (looked up in the cache folder
+            ``$VIF_DATA_DIR/<name>/``) or a folder holding the three files of one dataset.
+        split: which of the repository's train/test splits (columns of the split files).
+        n_train, n_test, n_components, seed: as in :func:`make_synthetic`.
+
+    Raises:
+        DatasetNotFoundError: the files are missing; the message says where to get them and where to put them.
+    """
+    key = str(name_or_folder).lower()
+    if key in XMC_FILES:
+        folder = None
+    else:
+        folder = Path(name_or_folder)
+        key = next((k for k, names in XMC_FILES.items() if (folder / names[0]).exists()), "mediamill")
+    how_to_get = (
+        f"Download {key.capitalize()}.zip from {_XMC_URL} (research use, see that page), unzip it and keep "
+        f"{', '.join(XMC_FILES[key])}."
+    )
+    paths = [
+        _files.locate(f"{key}/{name}", dataset=f"{key} (Extreme Classification Repository)", how_to_get=how_to_get,
+                      path=None if folder is None else folder / name)
+        for name in XMC_FILES[key]
+    ]
+    features, labels = read_xmc(paths[0])
+    train, test = read_split(paths[1], split), read_split(paths[2], split)
+    return _finish(key, features[train], labels[train], features[test], labels[test], n_train, n_test,
+                   n_components, seed, False)
+
+
+def load(dataset: str | Path, *, n_train: int = 5000, n_test: int = 500, seed: int = 0) -> RankingData:
+    """``"mediamill-like"`` / ``"delicious-like"`` (synthetic), ``"mediamill"`` / ``"delicious"`` or a folder."""
+    if str(dataset) in SYNTHETIC:
+        return make_synthetic(str(dataset), n_train=n_train, n_test=n_test, seed=seed)
+    return load_xmc(dataset, n_train=n_train, n_test=n_test, seed=seed)

@@ -1,0 +1,231 @@
+"""The ranking experiment: VIF and the infinitesimal IF for removing an item, against leave-one-out.
+
+Targets: the listwise losses of the test queries with the removed item masked out of each test list and
+relevant set (mask-aware); a test query whose only relevant item is removed is excluded and counted. The
+unmasked target (removed item left in the test lists) is computed too, to show why first-order
+estimates cannot follow it. Ground truth: exact warm-started LOO refits (:func:`vif.ranking.loo_fit`,
+``max|grad| <= 1e-10``). Used by ``python -m vif reproduce ranking`` and by ``book/04_ranking.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from . import ranking
+from .cox_experiment import torch_threads
+from .datasets.ranking import RankingData, load
+from .fit import lbfgs
+from .influence import influence
+from .loo import leave_one_out
+from .metrics import correlations
+from .params import flatten
+
+__all__ = ["RankingSetup", "sizes", "setup", "estimate", "exact_loo", "compare", "backends", "timings",
+           "adam_refit", "add_arguments", "reproduce"]
+
+
+def sizes(dataset: str, quick: bool) -> dict[str, int]:
+    """Training and test queries, and the number of items whose removal is studied (``None``: all)."""
+    delicious = "delicious" in str(dataset)
+    if quick:
+        return dict(n_train=400 if delicious else 1000, n_test=100 if delicious else 200, n_units=6 if delicious else 20)
+    return dict(n_train=5000, n_test=500, n_units=50 if delicious else None)
+
+
+@dataclass
+class RankingSetup:
+    """A fitted linear scorer on one dataset with one loss.
+
+    Attributes:
+        data: the queries. loss, l2: the objective's loss and weight decay. objective: ``L(params, mask)``.
+        params: the full-data fit. target: mask-aware test losses ``(params, mask) -> (n_test,)``.
+        unmasked: test losses on the full lists ``params -> (n_test,)``. units: studied items ``(n_units,)``.
+        valid: bool ``(n_units, n_test)``, False where removing the unit empties the test query's relevant set.
+        fit_seconds: time of the full-data fit.
+    """
+
+    data: RankingData
+    loss: str
+    l2: float
+    objective: Any
+    params: dict
+    target: Any
+    unmasked: Any
+    units: torch.Tensor
+    valid: np.ndarray
+    fit_seconds: float
+
+    @property
+    def key(self) -> str:
+        """Cache key naming the data and the configuration."""
+        d = self.data
+        return f"{d.name}-{d.X_train.shape[0]}x{d.n_items}-{self.loss}-l2={self.l2}"
+
+
+def setup(dataset: str, loss: str, *, quick: bool, seed: int = 0, l2: float = 5e-4) -> RankingSetup:
+    """Load the data (synthetic by default), fit the scorer, build the targets and pick the items."""
+    size = sizes(dataset, quick)
+    data = load(dataset, n_train=size["n_train"], n_test=size["n_test"], seed=seed)
+    start = time.perf_counter()
+    params = ranking.fit(data.X_train, data.Y_train, loss=loss, l2=l2)
+    fit_seconds = time.perf_counter() - start
+    n_items = data.n_items
+    if size["n_units"] is None or size["n_units"] >= n_items:
+        units = torch.arange(n_items)
+    else:
+        units = torch.sort(torch.randperm(n_items, generator=torch.Generator().manual_seed(seed))[: size["n_units"]]).values
+    return RankingSetup(
+        data, loss, l2, ranking.objective(data.X_train, data.Y_train, loss=loss, l2=l2), params,
+        ranking.target(data.X_test, data.Y_test, loss=loss), ranking.target(data.X_test, data.Y_test, loss=loss, masked=False),
+        units, ~ranking.emptied_queries(data.Y_test, units.numpy()), fit_seconds,
+    )
+
+
+def estimate(s: RankingSetup, *, method: str = "vif", masked: bool = True, hessian: Any = None, **options: Any) -> torch.Tensor:
+    """``(n_units, n_test)`` predicted changes of the test losses (``hessian`` defaults to the exact matrix)."""
+    if hessian is None:
+        hessian = ranking.hessian(s.data.X_train, s.data.Y_train, s.params, loss=s.loss, l2=s.l2)
+    chunk = max(1, 2_000_000 // (s.data.X_train.shape[0] * s.data.n_items) * 8)
+    return influence(s.objective, s.params, s.target if masked else s.unmasked, n_units=s.data.n_items,
+                     method=method, hessian=hessian, units=s.units, chunk_size=chunk, **options)
+
+
+def exact_loo(
+    s: RankingSetup, *, cache_dir: str | Path | None = None, progress: bool = True, hessian: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact warm-started LOO: ``(masked, unmasked)`` actual changes of the test losses, each ``(n_units, n_test)``."""
+    fit = ranking.loo_fit(s.data.X_train, s.data.Y_train, s.params, loss=s.loss, l2=s.l2, full_hessian=hessian)
+    masked, thetas = leave_one_out(fit, s.params, s.target, n_units=s.data.n_items, units=s.units,
+                                   cache_dir=cache_dir, cache_key=s.key, progress=progress, return_params=True)
+    _, unflatten = flatten(s.params)
+    baseline = s.unmasked(s.params)
+    unmasked = torch.stack([s.unmasked(unflatten(theta)) - baseline for theta in thetas])
+    return masked, unmasked
+
+
+def compare(
+    s: RankingSetup, *, cache_dir: str | Path | None = None, progress: bool = True, unmasked: bool = True
+) -> dict[str, Any]:
+    """VIF and IF against exact LOO, masked (and, if ``unmasked``, unmasked) targets; correlations per test query."""
+    start = time.perf_counter()
+    H = ranking.hessian(s.data.X_train, s.data.Y_train, s.params, loss=s.loss, l2=s.l2)
+    vif_masked = estimate(s, hessian=H)
+    vif_seconds = time.perf_counter() - start
+    predicted = {"VIF": vif_masked, "IF": estimate(s, method="if", hessian=H)}
+    plain = {}
+    if unmasked:
+        plain = {"VIF": estimate(s, masked=False, hessian=H), "IF": estimate(s, method="if", masked=False, hessian=H)}
+    start = time.perf_counter()
+    actual, actual_unmasked = exact_loo(s, cache_dir=cache_dir, progress=progress, hessian=H)
+    loo_seconds = time.perf_counter() - start
+    result: dict[str, Any] = {"vif_seconds": vif_seconds, "loo_seconds": loo_seconds, "fit_seconds": s.fit_seconds,
+                              "n_units": len(s.units), "n_excluded": int((~s.valid).sum()),
+                              "predicted": predicted, "unmasked_predicted": plain,
+                              "actual": actual, "unmasked_actual": actual_unmasked}
+    for name in predicted:
+        result[name] = correlations(predicted[name], actual, valid=s.valid)
+        if unmasked:
+            result[f"{name}_unmasked"] = correlations(plain[name], actual_unmasked)
+    return result
+
+
+def backends(s: RankingSetup, *, max_iter: int = 200, tol: float = 1e-6) -> list[dict[str, Any]]:
+    """Exact solve, CG with and without block-Jacobi, and LiSSA on the same VIF: seconds and accuracy.
+
+    Accuracy: largest error relative to the exact estimate's largest entry; iterative solvers warn (not
+    raise) when they hit ``max_iter``, and the table shows how far they got.
+    """
+    import warnings
+
+    rows = []
+    start = time.perf_counter()
+    H = ranking.hessian(s.data.X_train, s.data.Y_train, s.params, loss=s.loss, l2=s.l2)
+    exact = estimate(s, hessian=H)
+    rows.append({"backend": "exact (closed-form H, Cholesky)", "seconds": time.perf_counter() - start, "rel_error": 0.0})
+    del H
+    jacobi = ranking.block_jacobi(s.data.X_train, s.data.Y_train, s.params, loss=s.loss, l2=s.l2)
+    for name, options in [("CG", dict(hessian="cg")), ("CG + block-Jacobi", dict(hessian="cg", preconditioner=jacobi)),
+                          ("LiSSA", dict(hessian="lissa"))]:
+        start = time.perf_counter()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            values = estimate(s, tol=tol, max_iter=max_iter, on_nonconvergence="warn", **options)
+        error = float((values - exact).abs().max() / exact.abs().max())
+        rows.append({"backend": name, "seconds": time.perf_counter() - start, "rel_error": error})
+    return rows
+
+
+def adam_refit(s: RankingSetup, mask: torch.Tensor, *, epochs: int, seed: int = 0) -> dict:
+    """The paper's protocol: Adam (lr 1e-3, weight decay 5e-4 in the objective), batch 128, cold start (zeros)."""
+    X, R = s.data.X_train, s.data.Y_train
+    params = {name: value.clone().requires_grad_(True) for name, value in
+              ranking.init_params(X.shape[1], R.shape[1], X).items()}
+    optimizer = torch.optim.Adam(list(params.values()), lr=1e-3)
+    generator = torch.Generator().manual_seed(seed)
+    for _ in range(epochs):
+        for batch in torch.randperm(len(X), generator=generator).split(128):
+            optimizer.zero_grad()
+            ranking.objective(X[batch], R[batch], loss=s.loss, l2=s.l2)(params, mask).backward()
+            optimizer.step()
+    return {name: value.detach() for name, value in params.items()}
+
+
+def timings(s: RankingSetup, *, n_timed: int = 3, epochs: int = 20) -> dict[str, float]:
+    """Seconds for VIF over all studied items, and per-refit seconds of three LOO protocols (extrapolated).
+
+    LOO protocols, each timed on ``n_timed`` items and scaled to ``len(units)``: warm-started L-BFGS
+    (``vif.fit.lbfgs``, ``gtol = 1e-7``), warm-started Newton (:func:`vif.ranking.fit` from ``theta_hat``:
+    closed-form Hessian rounds, ``gtol = 1e-10``), and the paper's Adam protocol (``epochs`` epochs).
+    """
+    start = time.perf_counter()
+    estimate(s)
+    result = {"vif": time.perf_counter() - start, "n_units": len(s.units)}
+    X, R = s.data.X_train, s.data.Y_train
+    protocols = {
+        "lbfgs_loo": lambda mask: lbfgs(s.objective, s.params, mask, gtol=1e-7, max_iter=5000),
+        "newton_loo": lambda mask: ranking.fit(X, R, loss=s.loss, l2=s.l2, mask=mask, init=s.params),
+        "adam_loo": lambda mask: adam_refit(s, mask, epochs=epochs),
+    }
+    for name, refit in protocols.items():
+        start = time.perf_counter()
+        for unit in s.units[:n_timed]:
+            mask = torch.ones(s.data.n_items, dtype=X.dtype)
+            mask[unit] = 0.0
+            refit(mask)
+        result[name] = (time.perf_counter() - start) / n_timed * len(s.units)
+        result[f"{name}_ratio"] = result[name] / result["vif"]
+    return result
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``python -m vif reproduce ranking``."""
+    parser.add_argument("--dataset", default="mediamill-like",
+                        help="mediamill-like (default), delicious-like, mediamill, delicious, or a folder with XMC files")
+    parser.add_argument("--loss", default="all", choices=["all", *ranking.LOSSES], help="listwise loss (default all)")
+    parser.add_argument("--cache-dir", default=None, help="folder for the LOO refit cache (default: none)")
+
+
+def reproduce(*, quick: bool, seed: int, dataset: str = "mediamill-like", loss: str = "all",
+              cache_dir: str | None = None) -> dict:
+    """Correlations of VIF and IF with exact LOO per loss (masked and unmasked targets), and timings."""
+    losses = ranking.LOSSES if loss == "all" else (loss,)
+    results: dict[str, Any] = {"dataset": dataset, "quick": quick, "seed": seed, "losses": {}}
+    for name in losses:
+        with torch_threads(1):
+            s = setup(dataset, name, quick=quick, seed=seed)
+            outcome = compare(s, cache_dir=cache_dir, progress=False, unmasked=s.data.n_items < 500)
+        entry = {key: outcome[key] for key in ("vif_seconds", "loo_seconds", "fit_seconds", "n_units", "n_excluded")}
+        for key in ("VIF", "IF", "VIF_unmasked", "IF_unmasked"):
+            if key in outcome:
+                entry[key] = outcome[key].as_dict()
+        entry["n_params"] = s.data.n_items * (s.data.X_train.shape[1] + 1)
+        entry["n_train"], entry["n_test"], entry["synthetic"] = s.data.X_train.shape[0], s.data.X_test.shape[0], s.data.synthetic
+        results["losses"][name] = entry
+    return results

@@ -1,0 +1,97 @@
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from vif.datasets import ranking as data
+from vif.errors import DatasetNotFoundError, InputError
+
+FIXTURE = Path(__file__).parent / "fixtures" / "xmc_mediamill"
+
+
+def test_synthetic_mediamill_shape_and_relevance_counts():
+    d = data.make_synthetic("mediamill-like", n_train=600, n_test=80, seed=3)
+    assert d.synthetic and d.n_items == 101
+    assert d.X_train.shape == (600, 8) and d.X_test.shape == (80, 8)
+    assert bool((d.Y_train.sum(dim=1) >= 2).all()) and bool((d.Y_test.sum(dim=1) >= 1).all())
+    assert set(torch.unique(d.Y_train).tolist()) == {0.0, 1.0}
+    # standardised SVD features on the training queries
+    assert torch.allclose(d.X_train.mean(dim=0), torch.zeros(8, dtype=torch.float64), atol=1e-10)
+    assert torch.allclose(d.X_train.std(dim=0, unbiased=False), torch.ones(8, dtype=torch.float64), atol=1e-10)
+    # about 4.4 relevant items per training query, like Mediamill
+    assert 3.9 < float(d.Y_train.sum(dim=1).mean()) < 4.9
+
+
+def test_synthetic_is_deterministic_and_seeded():
+    a = data.make_synthetic("mediamill-like", n_train=200, n_test=20, seed=1)
+    b = data.make_synthetic("mediamill-like", n_train=200, n_test=20, seed=1)
+    c = data.make_synthetic("mediamill-like", n_train=200, n_test=20, seed=2)
+    assert torch.equal(a.X_train, b.X_train) and torch.equal(a.Y_test, b.Y_test)
+    assert not torch.equal(a.Y_train, c.Y_train)
+
+
+def test_synthetic_delicious_shape():
+    d = data.make_synthetic("delicious-like", n_train=150, n_test=20)
+    assert d.n_items == 983 and d.X_train.shape == (150, 8)
+    assert 15 < float(d.Y_train.sum(dim=1).mean()) < 23
+
+
+def test_synthetic_rejects_unknown_shape():
+    with pytest.raises(InputError, match="mediamill-like"):
+        data.make_synthetic("letor")
+
+
+def test_read_xmc_parses_labels_and_features():
+    features, labels = data.read_xmc(FIXTURE / "Mediamill_data.txt")
+    assert features.shape == (24, 6) and labels.shape == (24, 5)
+    first_lines = (FIXTURE / "Mediamill_data.txt").read_text().splitlines()[1:]
+    # independent parse of a few lines
+    for row in (0, 1, 2, 5):
+        parts = first_lines[row].split()
+        expected_labels = set() if ":" in parts[0] else {int(x) for x in parts[0].split(",")}
+        assert set(np.flatnonzero(labels[row].toarray())) == expected_labels
+        pairs = [p for p in parts if ":" in p]
+        for pair in pairs:
+            col, val = pair.split(":")
+            assert features[row, int(col)] == pytest.approx(float(val))
+
+
+def test_read_split_is_zero_based():
+    assert data.read_split(FIXTURE / "mediamill_trSplit.txt", 0)[:3].tolist() == [0, 1, 2]
+    assert data.read_split(FIXTURE / "mediamill_tstSplit.txt", 1)[:2].tolist() == [0, 1]
+    with pytest.raises(InputError, match="split"):
+        data.read_split(FIXTURE / "mediamill_trSplit.txt", 5)
+
+
+def test_load_xmc_from_folder_and_from_cache(tmp_path, monkeypatch):
+    d = data.load_xmc(FIXTURE, n_train=6, n_test=4, n_components=2)
+    assert not d.synthetic and d.n_items == 5
+    assert d.X_train.shape == (6, 2) and d.Y_test.shape == (4, 5)
+    assert bool((d.Y_train.sum(dim=1) >= 2).all())
+    # by name from the cache folder
+    folder = tmp_path / "mediamill"
+    folder.mkdir()
+    for path in FIXTURE.iterdir():
+        (folder / path.name).write_bytes(path.read_bytes())
+    monkeypatch.setenv("VIF_DATA_DIR", str(tmp_path))
+    e = data.load_xmc("mediamill", n_train=6, n_test=4, n_components=2)
+    assert torch.equal(d.Y_train, e.Y_train)
+
+
+def test_missing_files_say_how_to_get_them(tmp_path, monkeypatch):
+    monkeypatch.setenv("VIF_DATA_DIR", str(tmp_path))
+    with pytest.raises(DatasetNotFoundError, match="XMLRepository"):
+        data.load_xmc("delicious")
+
+
+def test_too_few_queries_is_a_clear_error():
+    with pytest.raises(InputError, match="n_train"):
+        data.load_xmc(FIXTURE, n_train=100, n_test=4, n_components=2)
+
+
+def test_malformed_header(tmp_path):
+    bad = tmp_path / "bad.txt"
+    bad.write_text("24 six 5\n1 0:1.0\n")
+    with pytest.raises(InputError, match="first line"):
+        data.read_xmc(bad)
