@@ -24,7 +24,10 @@ try:
 except PackageNotFoundError:  # running from a source tree that was not installed
     __version__ = "0.0.0+unknown"
 
-_LAZY_SUBMODULES = {"cox", "embedding", "ranking", "logistic", "pairwise", "datasets", "plotting", "hessian", "cli"}
+_LAZY_SUBMODULES = {
+    "cox", "cox_experiment", "embedding", "embedding_experiment", "ranking", "ranking_experiment",
+    "logistic", "pairwise", "datasets", "plotting", "hessian", "cli",
+}
 
 __all__ = [
     "__version__",

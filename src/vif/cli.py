@@ -18,7 +18,7 @@ from pathlib import Path
 EXPERIMENTS: dict[str, str] = {
     "logistic": "vif.logistic",
     "cox": "vif.cox",
-    "node-embedding": "vif.embedding",
+    "node-embedding": "vif.embedding_experiment",
     "ranking": "vif.ranking_experiment",
 }
 

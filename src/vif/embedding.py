@@ -435,17 +435,3 @@ def _newton_polish(flat: Callable, theta: torch.Tensor, gtol: float, steps: int)
             "steps; raise l2 (a flatter loss converges slowly), max_iter or newton_steps, or loosen gtol."
         )
     return theta
-
-
-def add_arguments(parser) -> None:
-    """Options of ``python -m vif reproduce node-embedding`` (defined in :mod:`vif.embedding_experiment`)."""
-    from .embedding_experiment import add_arguments as add
-
-    add(parser)
-
-
-def reproduce(**options) -> dict:
-    """Run the node-embedding experiment (:func:`vif.embedding_experiment.reproduce`)."""
-    from .embedding_experiment import reproduce as run
-
-    return run(**options)
