@@ -17,7 +17,7 @@ from pathlib import Path
 
 EXPERIMENTS: dict[str, str] = {
     "logistic": "vif.logistic",
-    "cox": "vif.cox",
+    "cox": "vif.cox_experiment",
     "node-embedding": "vif.embedding_experiment",
     "ranking": "vif.ranking_experiment",
 }

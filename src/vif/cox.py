@@ -35,8 +35,7 @@ from .params import check_mask
 
 TIES = ("breslow", "efron")
 
-__all__ = ["TIES", "CoxData", "prepare", "objective", "fit", "relative_hazard", "log_partial_likelihood",
-           "add_arguments", "reproduce"]
+__all__ = ["TIES", "CoxData", "prepare", "objective", "fit", "relative_hazard", "log_partial_likelihood"]
 
 
 @dataclass(frozen=True)
@@ -210,17 +209,3 @@ def log_partial_likelihood(X_test: Any, time: Any, event: Any, *, ties: str = "b
     test_loss = objective(X_test, time, event, ties=ties)
     full = torch.ones(test_loss.data.n, dtype=test_loss.data.x.dtype)  # type: ignore[attr-defined]
     return lambda beta: -test_loss(beta, full)
-
-
-def add_arguments(parser: Any) -> None:
-    """CLI options of ``python -m vif reproduce cox`` (the experiment lives in :mod:`vif.cox_experiment`)."""
-    from .cox_experiment import add_arguments as experiment_arguments
-
-    experiment_arguments(parser)
-
-
-def reproduce(*, quick: bool, seed: int, **options: Any) -> dict:
-    """Run the Cox experiment (:func:`vif.cox_experiment.reproduce`) and return its JSON summary."""
-    from .cox_experiment import reproduce as experiment_reproduce
-
-    return experiment_reproduce(quick=quick, seed=seed, **options)
