@@ -69,9 +69,12 @@ class RankingSetup:
         return f"{d.name}-{d.X_train.shape[0]}x{d.n_items}-{self.loss}-l2={self.l2}"
 
 
-def setup(dataset: str, loss: str, *, quick: bool, seed: int = 0, l2: float = 5e-4) -> RankingSetup:
-    """Load the data (synthetic by default), fit the scorer, build the targets and pick the items."""
-    size = sizes(dataset, quick)
+def setup(dataset: str, loss: str, *, quick: bool, seed: int = 0, l2: float = 5e-4, **size_overrides: int) -> RankingSetup:
+    """Load the data (synthetic by default), fit the scorer, build the targets and pick the items.
+
+    ``size_overrides`` replace entries of :func:`sizes` (``n_train``, ``n_test``, ``n_units``).
+    """
+    size = {**sizes(dataset, quick), **size_overrides}
     data = load(dataset, n_train=size["n_train"], n_test=size["n_test"], seed=seed)
     start = time.perf_counter()
     params = ranking.fit(data.X_train, data.Y_train, loss=loss, l2=l2)
