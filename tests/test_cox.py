@@ -12,15 +12,7 @@ from torch.func import grad
 
 import vif
 from vif import cox
-from vif.cox_experiment import torch_threads
 from vif.errors import ConvergenceError, InputError, MaskError
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small tensors: one torch thread is much faster on a shared machine (see torch_threads)."""
-    with torch_threads(1):
-        yield
 
 
 def _tied_data(n: int = 40, p: int = 3, seed: int = 0):

@@ -16,8 +16,6 @@ from vif.datasets import graphs
 from vif.errors import ConvergenceError, InputError, MaskError
 from vif.params import flatten, removal_mask
 
-torch.set_num_threads(1)
-
 
 def small_graph() -> Data:
     """A 6-node graph with a triangle, a tail and a pendant node (node 5 hangs on node 4)."""

@@ -14,15 +14,6 @@ from vif.params import flatten
 torch.set_default_dtype(torch.float64)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small tensors: intra-op threads only cost time on a shared machine."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture
 def problem():
     generator = torch.Generator().manual_seed(0)

@@ -26,7 +26,7 @@ except PackageNotFoundError:  # running from a source tree that was not installe
 
 _LAZY_SUBMODULES = {
     "cox", "cox_experiment", "embedding", "embedding_experiment", "ranking", "ranking_experiment",
-    "logistic", "pairwise", "datasets", "plotting", "hessian", "cli",
+    "logistic", "pairwise", "datasets", "plotting", "hessian", "threads", "cli",
 }
 
 __all__ = [

@@ -14,7 +14,6 @@ import argparse
 import math
 import time
 import warnings
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,9 +29,10 @@ from .fit import gradient_norm, newton
 from .influence import influence
 from .loo import leave_one_out
 from .metrics import correlations
+from .threads import torch_threads
 
 __all__ = ["CoxSetup", "setup", "estimate", "lifelines_delta_beta", "exact_loo", "adam", "paper_loo", "run",
-           "reproduce", "add_arguments", "torch_threads", "speed", "relative_error", "EPOCHS", "QUICK_UNITS", "EPS_GRID"]
+           "reproduce", "add_arguments", "speed", "relative_error", "EPOCHS", "QUICK_UNITS", "EPS_GRID"]
 
 EPOCHS = {"support": 100, "rotterdam": 200, "metabric": 200, "gbsg2": 200}  # the paper's protocol
 QUICK_UNITS = 150  # LOO units under --quick (a seeded subsample of the training patients)
@@ -210,23 +210,6 @@ def _corr(predicted: torch.Tensor, actual: torch.Tensor) -> dict[str, dict[str, 
     loglik = correlations(predicted[:, -1], actual[:, -1])
     return {"hazard": {"pearson": hazards.pearson, "spearman": hazards.spearman},
             "test_loglik": {"pearson": loglik.pearson, "spearman": loglik.spearman}}
-
-
-@contextmanager
-def torch_threads(threads: int | None):
-    """Run a block with ``torch.set_num_threads(threads)`` and restore the previous count (``None``: no change).
-
-    The Cox model's tensors are small (n x p with p <= 14): on a shared 2-core machine intra-op threading
-    costs far more than it gains (we measured a masked gradient at n = 5,000 take 30 ms with 2 threads and
-    0.6 ms with 1), so the experiment runs single-threaded by default, every method alike.
-    """
-    previous = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 def relative_error(predicted: torch.Tensor, actual: torch.Tensor) -> float:

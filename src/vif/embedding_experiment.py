@@ -36,6 +36,7 @@ from .influence import influence
 from .loo import leave_one_out
 from .metrics import correlations
 from .params import flatten
+from .threads import torch_threads
 
 __all__ = ["Settings", "Setup", "Refit", "ProximalRefit", "pbrf_objective", "setup", "estimate",
            "ground_truth", "compare", "run", "speed", "add_arguments", "reproduce"]
@@ -314,12 +315,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def reproduce(*, quick: bool, seed: int, graph: str = "karate", dim: int = 2, cache_dir=None) -> dict:
     """Run the node-embedding experiment and return its correlations and timings (JSON-serialisable)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # these problems are small: threads only add contention
-    try:
+    with torch_threads(1):  # these problems are small: threads only add contention
         out = run(settings(quick=quick, graph=graph, dim=dim, seed=seed), cache_dir=cache_dir, progress=True)
         timings = speed(graph, seed=seed, n_loo=None if graph == "karate" else 3)
-    finally:
-        torch.set_num_threads(threads)
     return {**summarise(out), "speed": timings}
 

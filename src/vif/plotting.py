@@ -46,6 +46,7 @@ def scatter_vs_loo(
     ylabel: str = "predicted change",
     color: object | None = None,
     size: float = 14.0,
+    diagonal: bool = True,
 ) -> plt.Axes:
     """Scatter predicted against actual changes with the diagonal and Pearson's r in the legend.
 
@@ -57,14 +58,16 @@ def scatter_vs_loo(
         xlabel, ylabel: axis labels (state the target and its units).
         color: marker colour (default: the palette's first).
         size: marker size.
+        diagonal: draw the line y = x (pass ``False`` for a second estimate on the same axes).
     """
     x, y = _numpy(actual).ravel(), _numpy(predicted).ravel()
     r = correlations(y, x).pearson if x.size >= 3 else float("nan")
     ax.scatter(x, y, s=size, alpha=0.7, color=color or PALETTE[0], edgecolor="none",
                label=f"{label} (pooled Pearson r = {r:.3f})")
-    low, high = float(min(x.min(), y.min())), float(max(x.max(), y.max()))
-    pad = 0.05 * (high - low or 1.0)
-    ax.plot([low - pad, high + pad], [low - pad, high + pad], color="0.3", lw=1, ls="--", label="y = x")
+    if diagonal:
+        low, high = float(min(x.min(), y.min())), float(max(x.max(), y.max()))
+        pad = 0.05 * (high - low or 1.0)
+        ax.plot([low - pad, high + pad], [low - pad, high + pad], color="0.3", lw=1, ls="--", label="y = x")
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.legend(loc="upper left")

@@ -19,13 +19,13 @@ import numpy as np
 import torch
 
 from . import ranking
-from .cox_experiment import torch_threads
 from .datasets.ranking import RankingData, load
 from .fit import lbfgs
 from .influence import influence
 from .loo import leave_one_out
 from .metrics import correlations
 from .params import flatten
+from .threads import torch_threads
 
 __all__ = ["RankingSetup", "sizes", "setup", "estimate", "exact_loo", "compare", "backends", "timings",
            "adam_refit", "add_arguments", "reproduce"]
