@@ -37,9 +37,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
-from torch.func import grad, hessian
+from torch.func import grad
 
 from .errors import ConvergenceError, InputError
+from .hessian import hessian_matrix
 from .params import check_finite, check_mask, flatten
 
 __all__ = [
@@ -420,7 +421,7 @@ def _newton_polish(flat: Callable, theta: torch.Tensor, gtol: float, steps: int)
         g = check_finite(gradient(theta), "the skip-gram gradient")
         if float(g.abs().max()) <= gtol:
             return theta
-        values, vectors = torch.linalg.eigh(hessian(flat)(theta))
+        values, vectors = torch.linalg.eigh(hessian_matrix(flat, theta))
         keep = values.abs() > 1e-9 * values.abs().max()
         step = -vectors[:, keep] @ ((vectors[:, keep].T @ g) / values[keep].abs())
         value, rate = flat(theta), 1.0
