@@ -109,5 +109,9 @@ def test_a_precomputed_hessian_is_used_as_given_and_validated():
     kwargs = dict(n_units=455, units=torch.arange(10))
     given = vif.parameter_influence(objective, theta, hessian=dense, **kwargs)
     assert torch.allclose(given, vif.parameter_influence(objective, theta, **kwargs), atol=1e-12)
+    factorised = cholesky_solver(dense)  # a ready solver: factorise once, reuse across calls
+    assert torch.allclose(vif.parameter_influence(objective, theta, hessian=factorised, **kwargs), given, atol=1e-12)
+    with pytest.raises(vif.errors.InputError, match="your own solver"):
+        vif.parameter_influence(objective, theta, hessian=factorised, damping=0.1, **kwargs)
     with pytest.raises(vif.errors.InputError, match=r"shape \(31, 31\)"):
         vif.parameter_influence(objective, theta, hessian=dense[:5, :5], **kwargs)

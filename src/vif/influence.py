@@ -12,6 +12,17 @@ minimiser at ``m = 1``, ``g(m) = grad_theta L(theta_hat, m)``, ``H = hess_theta 
 
       delta_theta_i = H^-1 d g(m) / d m_i |_{m=1}
 
+* VIF with the unit's own parameters held out (``unit_params``): when unit ``i`` owns parameters ``o``
+  (its embedding row, its output weights) that leave the model with it, ``L(theta, 1_{-i})`` no longer
+  couples ``theta_o`` to the rest ``r``, but ``H`` still does through its off-diagonal blocks. The step
+  is then taken on the rest alone with the Schur complement of ``H`` (``theta_o`` held fixed)::
+
+      delta_theta_i[r] = -(H_rr)^-1 D_i[r],   delta_theta_i[o] = 0,   D_i = g(1_{-i}) - g(1)
+
+  computed with the same solver as ``z - K_o K_oo^-1 z_o`` where ``z = H^-1 [D_i[r]; 0]`` and
+  ``K_o = H^-1 E_o`` (``|o|`` extra solves per unit). Use it with targets that do not read ``theta_o``
+  once the unit is gone (mask-aware targets).
+
 * On a target ``f``: ``influence[i] = grad f(theta_hat) . delta_theta_i``; for a mask-aware target
   ``f(theta, m)`` the gradient is taken at ``m = 1_{-i}``.
 
@@ -31,7 +42,7 @@ import inspect
 from collections.abc import Callable, Sequence
 
 import torch
-from torch.func import grad, jacrev, jvp, vmap
+from torch.func import grad, jacrev, jvp, vjp, vmap
 
 from .errors import InputError, MaskIgnoredError, NonFiniteError, VIFError
 from .hessian import MatVec, make_solver
@@ -94,9 +105,16 @@ class _Problem:
         return self.objective(self.unflatten(theta), mask)
 
     def map(self, function: Callable, *batches: torch.Tensor) -> torch.Tensor:
-        """Apply ``function`` to rows of ``batches``: vmap, or a Python loop when ``vectorize=False``."""
-        if not self.vectorize:
-            return torch.stack([function(*rows) for rows in zip(*batches)])
+        """Apply ``function`` to rows of ``batches``: vmap, or a Python loop when ``vectorize=False``.
+
+        A batch of one row is evaluated directly: vmap's bookkeeping costs more than it saves there.
+        ``function`` may return a tensor or a tuple of tensors (stacked element-wise).
+        """
+        if not self.vectorize or batches[0].shape[0] == 1:
+            results = [function(*rows) for rows in zip(*batches)]
+            if isinstance(results[0], tuple):
+                return tuple(torch.stack(parts) for parts in zip(*results))
+            return torch.stack(results)
         try:
             return vmap(function)(*batches)
         except RuntimeError as error:
@@ -140,6 +158,80 @@ class _Problem:
             bad = units[~torch.isfinite(differences).all(dim=1)].tolist()
             raise _non_finite_units(bad, method)
         return differences
+
+
+def _own_parameters(
+    unit_params: Sequence | None, problem: _Problem, method: str, eps: float
+) -> Callable[[int], torch.Tensor] | None:
+    """Validate ``unit_params`` and return ``unit -> flat indices of its own parameters`` (or None)."""
+    if unit_params is None:
+        return None
+    if method != "vif" or eps != 1.0:
+        raise InputError(
+            "unit_params holds a unit's own parameters out of its removal step, and they only leave the model "
+            "when the unit is removed: use method='vif' with eps=1 (the IF and eps < 1 keep the unit in)."
+        )
+    if len(unit_params) != problem.n_units:
+        raise InputError(f"unit_params must have one entry per unit ({problem.n_units}), got {len(unit_params)}.")
+    n_params = problem.theta.numel()
+
+    def own(unit: int) -> torch.Tensor:
+        index = torch.as_tensor(unit_params[unit], device=problem.theta.device)
+        if index.ndim != 1 or index.numel() == 0 or index.is_floating_point() or index.dtype == torch.bool:
+            raise InputError(f"unit_params[{unit}] must be a non-empty 1-D sequence of integer parameter indices.")
+        if int(index.min()) < 0 or int(index.max()) >= n_params or len(torch.unique(index)) != len(index):
+            raise InputError(f"unit_params[{unit}] must hold distinct flat parameter indices in [0, {n_params}).")
+        return index.long()
+
+    return own
+
+
+def _check_decoupled(problem: _Problem, unit: int, own: torch.Tensor) -> None:
+    """Raise unless ``L(theta, 1_{-unit})`` has no mixed second derivative between ``own`` and the rest."""
+    mask = problem.ones.clone()
+    mask[unit] = 0.0
+    direction = torch.zeros_like(problem.theta)
+    direction[own] = torch.linspace(1.0, 2.0, len(own), dtype=direction.dtype, device=direction.device)
+    curvature = jvp(lambda theta: grad(problem.flat_objective)(theta, mask), (problem.theta,), (direction,))[1]
+    scale = float(curvature[own].abs().max())
+    curvature[own] = 0.0
+    coupling = float(curvature.abs().max())
+    if not coupling <= 1e-8 * max(scale, torch.finfo(curvature.dtype).tiny):
+        raise InputError(
+            f"unit_params[{unit}] are still coupled to other parameters once unit {unit} is removed (mixed "
+            f"second derivative {coupling:.1e} against {scale:.1e} in their own block), so they do not leave "
+            "the model with the unit. List only parameters that no other unit's terms use, or drop unit_params."
+        )
+
+
+def _removal_steps(
+    solve: Callable, differences: torch.Tensor, chunk: torch.Tensor, own: Callable[[int], torch.Tensor] | None
+) -> torch.Tensor:
+    """``delta_theta_i = -H^-1 D_i`` for the rows of ``differences`` ``(len(chunk), n_params)``.
+
+    With ``own`` (unit -> its own parameter indices ``o``), the held-out step of the module notes:
+    ``-(H_rr)^-1 D_i[r]`` on the rest and 0 on ``o``, as ``-(z - K_o K_oo^-1 z_o)``, one batched solve.
+    """
+    if own is None:
+        return -solve(differences.T).T
+    owned = [own(int(unit)) for unit in chunk]
+    n_params = differences.shape[1]
+    kept = differences.clone()
+    unit_columns = []
+    for row, index in enumerate(owned):
+        kept[row, index] = 0.0
+        columns = differences.new_zeros(n_params, len(index))
+        columns[index, torch.arange(len(index))] = 1.0
+        unit_columns.append(columns)
+    solutions = solve(torch.cat([kept.T, *unit_columns], dim=1))
+    z, start, steps = solutions[:, : len(chunk)], len(chunk), []
+    for row, index in enumerate(owned):
+        K = solutions[:, start : start + len(index)]  # columns of H^-1 at the unit's own parameters
+        start += len(index)
+        step = K @ torch.linalg.solve(K[index], z[index, row]) - z[:, row]
+        step[index] = 0.0  # exactly z_o - z_o up to rounding
+        steps.append(step)
+    return torch.stack(steps)
 
 
 def _non_finite_units(bad_units: list[int], method: str) -> NonFiniteError:
@@ -192,7 +284,7 @@ def parameter_influence(
     *,
     n_units: int,
     method: str = "vif",
-    hessian: str | torch.Tensor = "exact",
+    hessian: str | torch.Tensor | Callable = "exact",
     damping: float = 0.0,
     eps: float = 1.0,
     units: Sequence[int] | torch.Tensor | None = None,
@@ -203,6 +295,7 @@ def parameter_influence(
     lissa_scale: float | None = None,
     on_nonconvergence: str = "raise",
     vectorize: bool = True,
+    unit_params: Sequence | None = None,
 ) -> torch.Tensor:
     """Predicted parameter change ``theta_without_i - theta_hat`` for every unit.
 
@@ -211,8 +304,9 @@ def parameter_influence(
         params: the minimiser ``theta_hat`` at the full mask (tensor or dict of tensors).
         n_units: length of the mask.
         method: ``"vif"`` (finite difference at ``eps``) or ``"if"`` (infinitesimal).
-        hessian: iHVP backend, ``"exact"``, ``"pinv"``, ``"cg"`` or ``"lissa"`` (see :mod:`vif.hessian`), or a
-            precomputed dense Hessian ``(n_params, n_params)`` of the objective at ``params`` (Cholesky).
+        hessian: iHVP backend, ``"exact"``, ``"pinv"``, ``"cg"`` or ``"lissa"`` (see :mod:`vif.hessian`), a
+            precomputed dense Hessian ``(n_params, n_params)`` of the objective at ``params`` (Cholesky), or
+            a solver ``B -> H^-1 B`` such as ``vif.hessian.cholesky_solver(H)`` (factorise once, reuse).
         damping: ``lambda`` in ``H + lambda I``.
         eps: step along the mask path ``1 - eps e_i``, in ``(0, 1]``; the difference is divided by
             ``eps``, so any ``eps`` predicts the full removal (``eps = 1`` is VIF, ``eps -> 0`` the IF).
@@ -220,6 +314,10 @@ def parameter_influence(
         chunk_size: masks evaluated together under vmap; bounds memory.
         tol, max_iter, preconditioner, lissa_scale, on_nonconvergence: iterative-solver options.
         vectorize: ``False`` evaluates units one at a time (for objectives vmap cannot batch).
+        unit_params: optional, one entry per unit: the flat indices of the parameters that unit alone uses
+            (they leave the model with it). Its removal step then holds them fixed and uses the Schur
+            complement of ``H`` on the rest (see the module notes; VIF at ``eps = 1`` only; checked on the
+            first unit: the objective without the unit must not couple them to the rest).
 
     Returns:
         Tensor ``(n_selected_units, n_params)``, columns in the order of :func:`vif.params.flatten`.
@@ -233,12 +331,15 @@ def parameter_influence(
     index = problem.select_units(units)
     solve = _solver(problem, hessian, damping, dict(tol=tol, max_iter=max_iter, preconditioner=preconditioner,
                                                    lissa_scale=lissa_scale, on_nonconvergence=on_nonconvergence))
+    own = _own_parameters(unit_params, problem, method, eps)
     problem.prefer_mask_jacobian(method, len(index))
     rows, nonzero = [], False
     for chunk in torch.split(index, max(1, chunk_size)):
+        if own is not None and not rows:
+            _check_decoupled(problem, int(chunk[0]), own(int(chunk[0])))
         differences = problem.gradient_differences(chunk, method, eps)
         nonzero = nonzero or bool(differences.ne(0).any())
-        rows.append(-solve(differences.T).T)
+        rows.append(_removal_steps(solve, differences, chunk, own))
     _check_mask_used(nonzero)
     return torch.cat(rows) if rows else problem.theta.new_zeros(0, problem.theta.numel())
 
@@ -250,7 +351,7 @@ def influence(
     *,
     n_units: int,
     method: str = "vif",
-    hessian: str | torch.Tensor = "exact",
+    hessian: str | torch.Tensor | Callable = "exact",
     damping: float = 0.0,
     eps: float = 1.0,
     units: Sequence[int] | torch.Tensor | None = None,
@@ -262,6 +363,7 @@ def influence(
     on_nonconvergence: str = "raise",
     vectorize: bool = True,
     target_takes_mask: bool | None = None,
+    unit_params: Sequence | None = None,
 ) -> torch.Tensor:
     """Predicted change of ``target`` when each unit is removed: ``target(theta_without_i) - target(theta_hat)``.
 
@@ -273,7 +375,7 @@ def influence(
             (detected from its signature, or set ``target_takes_mask``), evaluated at ``m = 1_{-i}``
             for unit ``i``: use it when removing a unit changes what the target measures.
         n_units, method, hessian, damping, eps, units, chunk_size, tol, max_iter, preconditioner,
-            lissa_scale, on_nonconvergence, vectorize: see :func:`parameter_influence`.
+            lissa_scale, on_nonconvergence, vectorize, unit_params: see :func:`parameter_influence`.
         target_takes_mask: override the signature detection.
 
     Returns:
@@ -310,31 +412,37 @@ def influence(
     scalar_target = probe.ndim == 0
     n_targets = 1 if scalar_target else probe.shape[0]
     solve = _solver(problem, hessian, damping, solver_options)
+    own = _own_parameters(unit_params, problem, method, eps)
 
-    if mask_aware or len(index) <= n_targets:
+    if mask_aware or len(index) <= n_targets or own is not None:
         problem.prefer_mask_jacobian(method, len(index))
-        result = _unit_route(problem, flat_target, solve, index, method, eps, chunk_size, mask_aware)
+        result = _unit_route(problem, flat_target, solve, index, method, eps, chunk_size, mask_aware, own)
     else:
         problem.prefer_mask_jacobian(method, n_targets)
         result = _target_route(problem, flat_target, solve, index, method, eps, chunk_size)
     return result[:, 0] if scalar_target else result
 
 
-def _unit_route(problem, flat_target, solve, index, method, eps, chunk_size, mask_aware) -> torch.Tensor:
+def _unit_route(problem, flat_target, solve, index, method, eps, chunk_size, mask_aware, own) -> torch.Tensor:
     """One linear solve per unit: ``delta_theta_i``, then the target's directional derivative along it."""
     if not mask_aware:
         jacobian = check_finite(jacrev(flat_target)(problem.theta, problem.ones), "the gradient of the target")
     rows, nonzero = [], False
     for chunk in torch.split(index, max(1, chunk_size)):
+        if own is not None and not rows:
+            _check_decoupled(problem, int(chunk[0]), own(int(chunk[0])))
         differences = problem.gradient_differences(chunk, method, eps)
         nonzero = nonzero or bool(differences.ne(0).any())
-        steps = -solve(differences.T).T  # (chunk, n_params)
+        steps = _removal_steps(solve, differences, chunk, own)  # (chunk, n_params)
         if mask_aware:
             masks = problem.ones.repeat(len(chunk), 1)
             masks[torch.arange(len(chunk)), chunk] = 0.0
 
             def directional(mask: torch.Tensor, step: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-                return jvp(lambda theta: flat_target(theta, mask), (problem.theta,), (step,))
+                # J(theta_hat) step by reverse over reverse: grad_u [(J^T u) . step]; measured 1.5-2.5x
+                # faster than forward-mode jvp on CPU (forward mode decomposes ops in Python)
+                value, pullback = vjp(lambda theta: flat_target(theta, mask), problem.theta)
+                return value, grad(lambda cotangent: pullback(cotangent)[0] @ step)(torch.zeros_like(value))
 
             values, derivatives = problem.map(directional, masks, steps)
             check_finite(values, "the mask-aware target with a unit removed",

@@ -13,7 +13,7 @@ import torch
 
 from .metrics import correlations
 
-__all__ = ["use_style", "scatter_vs_loo", "save_figure", "runtime_plot"]
+__all__ = ["use_style", "scatter_vs_loo", "errors_vs_loo", "save_figure", "runtime_plot"]
 
 PALETTE = sns.color_palette("colorblind")
 
@@ -73,6 +73,35 @@ def scatter_vs_loo(
     ax.legend(loc="upper left")
     return ax
 
+
+def errors_vs_loo(
+    ax: plt.Axes,
+    predicted: dict[str, torch.Tensor | np.ndarray],
+    actual: torch.Tensor | np.ndarray,
+    *,
+    xlabel: str = "actual change (leave-one-out refit)",
+    size: float = 6.0,
+) -> plt.Axes:
+    """Prediction error (predicted minus actual) against the actual change, one colour per estimate.
+
+    Args:
+        ax: axes to draw on.
+        predicted: label -> estimates of the same shape as ``actual``; flattened and pooled. The legend
+            gives each estimate's mean absolute error.
+        actual: actual LOO changes.
+        xlabel: the x axis label (state the target).
+        size: marker size.
+    """
+    x = _numpy(actual).ravel()
+    for color, (label, values) in zip(PALETTE, predicted.items()):
+        error = _numpy(values).ravel() - x
+        ax.scatter(x, error, s=size, alpha=0.7, color=color, edgecolor="none",
+                   label=f"{label} (mean |error| = {np.abs(error).mean():.2g})")
+    ax.axhline(0.0, color="0.3", lw=1, ls="--")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("predicted minus actual change")
+    ax.legend(loc="best")
+    return ax
 
 def runtime_plot(
     ax: plt.Axes,

@@ -46,6 +46,7 @@ __all__ = [
     "emptied_queries",
     "fit",
     "init_params",
+    "item_parameters",
     "loo_fit",
     "ndcg",
     "objective",
@@ -87,7 +88,7 @@ def init_params(n_features: int, n_items: int, like: torch.Tensor) -> Params:
 
 def scores(params: Params, X: torch.Tensor) -> torch.Tensor:
     """Item scores ``X W^T + b`` of shape ``(n_queries, n_items)``."""
-    return X @ params["weight"].T + params["bias"]
+    return torch.addmm(params["bias"], X, params["weight"].T)
 
 
 def query_losses(S: torch.Tensor, relevance: torch.Tensor, mask: torch.Tensor, loss: str) -> torch.Tensor:
@@ -100,30 +101,30 @@ def query_losses(S: torch.Tensor, relevance: torch.Tensor, mask: torch.Tensor, l
         loss: one of :data:`LOSSES`.
 
     Returns:
-        ``(n_queries,)`` losses. vmap-compatible over ``mask`` (no branching on its values).
+        ``(n_queries,)`` losses. vmap-compatible over ``mask`` (no branching on its values); the mask enters
+        through products with ``(n_queries, n_items)`` matrices, so most work does not depend on it.
     """
-    # Stabilise with the largest score among kept items; the shift cancels exactly, so detaching it is exact.
-    shift = torch.where(mask > 0, S, torch.full_like(S, -torch.inf)).amax(dim=1, keepdim=True).detach()
-    shift = torch.where(torch.isfinite(shift), shift, torch.zeros_like(shift))
-    E = mask * torch.exp(S - shift)  # (n_queries, n_items); masked items contribute exactly 0
-    log_Z = torch.log(E.sum(dim=1, keepdim=True)) + shift
-    w = relevance * mask
-    size = w.sum(dim=1)
+    # Shift by each query's largest score (masked items included): the shift cancels exactly, so detaching
+    # it is exact; a kept item would underflow only if a masked one outscored all kept ones by > 700.
+    shift = S.detach().amax(dim=1)
+    E = torch.exp(S - shift[:, None])
+    log_Z = torch.log(E @ mask) + shift
+    size = relevance @ mask
     has_relevant = size > 0
     safe_size = torch.where(has_relevant, size, torch.ones_like(size))
     if loss == "softmax":
-        per_query = -(w * (S - log_Z)).sum(dim=1) / safe_size
-    elif loss == "listnet":
-        target = mask * torch.exp(relevance)
-        target = target / target.sum(dim=1, keepdim=True)
-        per_query = -(target * (S - log_Z)).sum(dim=1)
+        per_query = log_Z - ((relevance * S) @ mask) / safe_size
+    elif loss == "listnet":  # target P_qj proportional to m_j exp(r_qj); sum_j P_qj = 1
+        weight = torch.exp(relevance)
+        per_query = log_Z - ((weight * S) @ mask) / (weight @ mask)
     elif loss == "listmle":
-        rel_E = relevance * E
+        w = relevance * mask
+        rel_E = w * E
         # items not yet placed when relevant item j is placed: relevant k >= j, and every irrelevant k
         later_relevant = torch.flip(torch.cumsum(torch.flip(rel_E, dims=[1]), dim=1), dims=[1])
-        rest = (E - rel_E).sum(dim=1, keepdim=True)
-        remaining = later_relevant + rest
-        log_Zj = torch.log(torch.where(w > 0, remaining, torch.ones_like(remaining))) + shift
+        rest = ((1 - relevance) * E) @ mask
+        remaining = later_relevant + rest[:, None]
+        log_Zj = torch.log(torch.where(w > 0, remaining, torch.ones_like(remaining))) + shift[:, None]
         per_query = -(w * (S - log_Zj)).sum(dim=1) / safe_size
     else:
         raise InputError(f"loss={loss!r} is not one of {LOSSES}.")
@@ -286,7 +287,7 @@ def loo_fit(
     if full_hessian is None:
         full_hessian = hessian(X_t, R, params, loss=loss, l2=l2)
     factor = torch.linalg.cholesky(full_hessian)
-    index = _block_index(n_items, d)
+    index = item_parameters(n_items, d)
 
     def refit(mask: torch.Tensor, init: Params | None) -> Params:
         if init is None:
@@ -360,32 +361,60 @@ def emptied_queries(relevance: Any, units: Any = None) -> np.ndarray:
     return (R[:, units] & single[:, None]).T
 
 
-def _placements(
+def _score_hessian(
     S: torch.Tensor, R: torch.Tensor, mask: torch.Tensor, loss: str
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Write each query's loss Hessian in its scores as ``sum_k c_k (diag(p_k) - p_k p_k^T)``.
+) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, ...] | None]:
+    """Each query's loss Hessian in its scores, as ``diag(u_q) - g_q g_q^T - M_q``.
 
-    softmax / listnet: one term per query, ``c = 1`` (0 without relevant items), ``p`` the masked softmax.
-    listmle: one term per relevant item ``j``, ``c = w_qj / |A_q|``, ``p`` the softmax over the items not yet
-    placed when ``j`` is placed.
+    softmax / listnet: ``u = p``, ``g = p`` (the masked softmax; 0 for a query without relevant items),
+    ``M = 0``. listmle: the loss is ``sum_k c_k [log Z_k - s_k]`` over the relevant items ``k`` (``c_k =
+    w_qk / |A_q|``, ``Z_k`` over the items not yet placed), so the Hessian is ``sum_k c_k (diag(p_k) -
+    p_k p_k^T)`` with ``p_k = (e_irr + e_rel [j >= k]) / Z_k``, ``e = m exp(s)`` split into irrelevant and
+    relevant items. With ``beta_k = c_k / Z_k^2``, ``a = sum_k beta_k``, ``B_j = sum_{k <= j} beta_k`` and
+    ``t = e_rel B``: ``sum_k c_k p_k p_k^T = g g^T + M`` with ``g = (a e_irr + t) / sqrt(a)`` and ``M`` supported
+    on the relevant items, ``M_ij = e_i e_j B_min(i,j) - t_i t_j / a``: one dense term per query, as for
+    the softmax, instead of one per relevant item.
 
     Returns:
-        ``(query, c, P)``: query index ``(n_terms,)``, weights ``(n_terms,)``, probabilities ``(n_terms, n_items)``.
+        ``(u, g, pairs)``: ``(n_queries, n_items)`` each, and for listmle ``pairs = (query, i, j, M_ij)``
+        over every ordered pair of kept relevant items of each query (else None).
     """
     E = mask * torch.exp(S - S.amax(dim=1, keepdim=True))
     w = R * mask
-    size = w.sum(dim=1)
+    size = w.sum(dim=1, keepdim=True)
     if loss in ("softmax", "listnet"):
-        return torch.arange(S.shape[0]), (size > 0).to(S.dtype), E / E.sum(dim=1, keepdim=True)
-    query, item = torch.nonzero(w > 0, as_tuple=True)
-    items = torch.arange(S.shape[1])
-    not_placed = (R[query] == 0) | (items[None, :] >= item[:, None])
-    P = E[query] * not_placed
-    return query, w[query, item] / size[query], P / P.sum(dim=1, keepdim=True)
+        P = (size > 0) * E / E.sum(dim=1, keepdim=True)
+        return P, P, None
+    c = w / torch.where(size > 0, size, torch.ones_like(size))
+    rel_E, irr_E = R * E, (1 - R) * E
+    later_relevant = torch.flip(torch.cumsum(torch.flip(rel_E, dims=[1]), dim=1), dims=[1])
+    Z = later_relevant + irr_E.sum(dim=1, keepdim=True)  # Z_k at the relevant items k
+    safe_Z = torch.where(c > 0, Z, torch.ones_like(Z))
+    gamma, beta = c / safe_Z, c / safe_Z**2
+    C, B = torch.cumsum(gamma, dim=1), torch.cumsum(beta, dim=1)
+    a = beta.sum(dim=1, keepdim=True)
+    u = gamma.sum(dim=1, keepdim=True) * irr_E + rel_E * C  # sum_k c_k p_k
+    t = rel_E * B
+    safe_a = torch.where(a > 0, a, torch.ones_like(a))
+    g = (a * irr_E + t) / torch.sqrt(safe_a)
+    # pairs of kept relevant items, each query's items in increasing index (padded to the longest set)
+    kept = (w > 0).to(torch.int64)
+    width = int(kept.sum(dim=1).max()) if len(kept) else 0
+    # kept relevant items first, in increasing index, then the rest
+    items = torch.argsort(kept * S.shape[1] - torch.arange(S.shape[1]), dim=1, descending=True)[:, :width]
+    valid = torch.gather(kept, 1, items) > 0
+    e, t_, b = (torch.gather(v, 1, items) for v in (rel_E, t, B))
+    position = torch.arange(width)
+    b_min = b[:, torch.minimum(position[:, None], position[None, :])]  # B at the earlier item of each pair
+    M = e[:, :, None] * e[:, None, :] * b_min - t_[:, :, None] * t_[:, None, :] / safe_a[:, :, None]
+    pair = valid[:, :, None] & valid[:, None, :]
+    query, first, second = torch.nonzero(pair, as_tuple=True)
+    return u, g, (query, items[query, first], items[query, second], M[query, first, second])
 
 
 def _query_chunks(n_queries: int, n_items: int, budget: int = 4_000_000) -> list[slice]:
-    step = max(1, budget // (n_items * n_items if n_items < 200 else 50 * n_items))
+    """Row blocks of about ``budget / n_items`` queries: few blocks, since each one updates all of ``H``."""
+    step = max(1, budget // n_items)
     return [slice(start, min(start + step, n_queries)) for start in range(0, n_queries, step)]
 
 
@@ -395,8 +424,12 @@ def _item_blocks(X: torch.Tensor, M: torch.Tensor) -> torch.Tensor:
     return torch.einsum("qj,qa,qb->jab", M, Xb, Xb)
 
 
-def _block_index(n_items: int, d: int) -> torch.Tensor:
-    """Flat parameter indices ``(n_items, d+1)`` of item ``j``'s weights ``W[j, :]`` and bias ``b[j]``."""
+def item_parameters(n_items: int, d: int) -> torch.Tensor:
+    """Flat parameter indices ``(n_items, d+1)`` of item ``j``'s weights ``W[j, :]`` and bias ``b[j]``.
+
+    Item ``j`` alone uses them: once it is removed they appear only in the weight decay. Pass the result as
+    ``unit_params`` to :func:`vif.influence` to hold them out of the removal step.
+    """
     items = torch.arange(n_items)
     return torch.cat([items[:, None] * d + torch.arange(d)[None, :], (n_items * d + items)[:, None]], dim=1)
 
@@ -407,9 +440,10 @@ def hessian(
 ) -> torch.Tensor:
     """Dense Hessian ``(n_params, n_params)`` of :func:`objective` in closed form (flattening order of ``params``).
 
-    With ``x~_q = (x_q, 1)`` and the decomposition of :func:`_placements`,
-    ``H = (1/N) sum_q sum_k c_k [blockdiag_j(p_kj x~ x~^T) - (p_k (x) x~)(p_k (x) x~)^T] + l2 I``: a Gram
-    matrix plus per-item blocks, far cheaper than autograd for ``n_items * (d + 1)`` parameters.
+    With ``x~_q = (x_q, 1)`` and the decomposition ``diag(u_q) - g_q g_q^T - M_q`` of :func:`_score_hessian`,
+    ``H = (1/N) sum_q [blockdiag_j(u_qj x~ x~^T) - (g_q (x) x~)(g_q (x) x~)^T - M_q (x) x~ x~^T] + l2 I``: per-item
+    blocks, one Gram matrix, and (listmle) a sparse sum over pairs of relevant items; far cheaper than
+    autograd for ``n_items * (d + 1)`` parameters.
     """
     X_t, R = _as_tensor(X, relevance)
     (n, d), n_items = X_t.shape, R.shape[1]
@@ -417,17 +451,24 @@ def hessian(
     n_params = n_items * (d + 1)
     H = X_t.new_zeros(n_params, n_params)
     moments = X_t.new_zeros(n, n_items)
+    Xb = torch.cat([X_t, X_t.new_ones(n, 1)], dim=1)
+    outer = (Xb[:, :, None] * Xb[:, None, :]).reshape(n, (d + 1) ** 2)
+    pair_blocks = X_t.new_zeros(n_items * n_items, (d + 1) ** 2) if loss == "listmle" else None
     with torch.no_grad():
         S = scores(params, X_t)
         for rows in _query_chunks(n, n_items):
-            query, c, P = _placements(S[rows], R[rows], mask, loss)
-            moments[rows] += X_t.new_zeros(rows.stop - rows.start, n_items).index_add_(0, query, c[:, None] * P)
-            G = torch.sqrt(c)[:, None] * P
-            Xq = X_t[rows][query]
-            G = torch.cat([(G[:, :, None] * Xq[:, None, :]).reshape(len(query), n_items * d), G], dim=1)
+            moments[rows], g, pairs = _score_hessian(S[rows], R[rows], mask, loss)
+            G = torch.cat([(g[:, :, None] * X_t[rows][:, None, :]).reshape(len(g), n_items * d), g], dim=1)
             H -= G.T @ G
-        index = _block_index(n_items, d)
+            if pairs is not None:
+                query, first, second, value = pairs
+                pair_blocks.index_add_(0, first * n_items + second, value[:, None] * outer[rows][query])
+        index = item_parameters(n_items, d)
         H[index[:, :, None], index[:, None, :]] += _item_blocks(X_t, moments)
+        if pair_blocks is not None:  # item-major order: parameter (i, a) at i * (d + 1) + a
+            order = index.reshape(-1)
+            blocks = pair_blocks.reshape(n_items, n_items, d + 1, d + 1).permute(0, 2, 1, 3).reshape(n_params, n_params)
+            H[order[:, None], order[None, :]] -= blocks
         H /= n
         H.diagonal().add_(l2)
     return 0.5 * (H + H.T)
@@ -439,7 +480,7 @@ def block_jacobi(
     """Block-Jacobi preconditioner ``v -> M^-1 v`` from the exact per-item ``(d+1) x (d+1)`` Hessian blocks.
 
     Block ``j`` is ``(1/N) sum_q D_qj x~_q x~_q^T + l2 I`` with ``x~_q = (x_q, 1)`` and ``D_qj`` the
-    diagonal of query ``q``'s loss Hessian in its scores, ``sum_k c_k p_kj (1 - p_kj)`` (see :func:`hessian`).
+    diagonal of query ``q``'s loss Hessian in its scores (see :func:`_score_hessian`).
 
     Returns:
         A callable acting on ``(n_params,)`` or ``(n_params, k)`` tensors in the flattening order of ``params``.
@@ -451,11 +492,15 @@ def block_jacobi(
         S = scores(params, X_t)
         D = X_t.new_zeros(n, n_items)
         for rows in _query_chunks(n, n_items):
-            query, c, P = _placements(S[rows], R[rows], ones, loss)
-            D[rows] += X_t.new_zeros(rows.stop - rows.start, n_items).index_add_(0, query, c[:, None] * P * (1 - P))
+            u, g, pairs = _score_hessian(S[rows], R[rows], ones, loss)
+            D[rows] = u - g**2
+            if pairs is not None:
+                query, first, second, value = pairs
+                same = first == second
+                D[rows] -= torch.zeros_like(u).index_put_((query[same], first[same]), value[same], accumulate=True)
         blocks = _item_blocks(X_t, D) / n + l2 * torch.eye(d + 1, dtype=X_t.dtype)
         factors = torch.linalg.cholesky(blocks)
-    index = _block_index(n_items, d)
+    index = item_parameters(n_items, d)
 
     def apply(v: torch.Tensor) -> torch.Tensor:
         V = v.reshape(v.shape[0], -1)
