@@ -247,6 +247,8 @@ def test_held_out_unit_parameters_are_checked():
     objective, _, theta_hat, unit_params, p, n = _owned_quadratic()
     with pytest.raises(InputError, match="eps=1"):
         vif.parameter_influence(objective, theta_hat, n_units=n, method="if", unit_params=unit_params)
+    with pytest.raises(InputError, match="invertible Hessian"):
+        vif.parameter_influence(objective, theta_hat, n_units=n, hessian="pinv", unit_params=unit_params)
     with pytest.raises(InputError, match="one entry per unit"):
         vif.parameter_influence(objective, theta_hat, n_units=n, unit_params=unit_params[:-1])
     with pytest.raises(InputError, match="distinct"):

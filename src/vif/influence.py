@@ -21,7 +21,7 @@ minimiser at ``m = 1``, ``g(m) = grad_theta L(theta_hat, m)``, ``H = hess_theta 
 
   computed with the same solver as ``z - K_o K_oo^-1 z_o`` where ``z = H^-1 [D_i[r]; 0]`` and
   ``K_o = H^-1 E_o`` (``|o|`` extra solves per unit). Use it with targets that do not read ``theta_o``
-  once the unit is gone (mask-aware targets).
+  once the unit is gone (mask-aware targets). It needs an invertible ``H`` (damp a singular one).
 
 * On a target ``f``: ``influence[i] = grad f(theta_hat) . delta_theta_i``; for a mask-aware target
   ``f(theta, m)`` the gradient is taken at ``m = 1_{-i}``.
@@ -161,11 +161,16 @@ class _Problem:
 
 
 def _own_parameters(
-    unit_params: Sequence | None, problem: _Problem, method: str, eps: float
+    unit_params: Sequence | None, problem: _Problem, method: str, eps: float, hessian: object
 ) -> Callable[[int], torch.Tensor] | None:
     """Validate ``unit_params`` and return ``unit -> flat indices of its own parameters`` (or None)."""
     if unit_params is None:
         return None
+    if isinstance(hessian, str) and hessian == "pinv":
+        raise InputError(
+            "unit_params needs the Schur complement of an invertible Hessian, which the pseudo-inverse does not "
+            "give; use hessian='exact' with a small damping (e.g. 1e-3) when the Hessian is singular."
+        )
     if method != "vif" or eps != 1.0:
         raise InputError(
             "unit_params holds a unit's own parameters out of its removal step, and they only leave the model "
@@ -331,7 +336,7 @@ def parameter_influence(
     index = problem.select_units(units)
     solve = _solver(problem, hessian, damping, dict(tol=tol, max_iter=max_iter, preconditioner=preconditioner,
                                                    lissa_scale=lissa_scale, on_nonconvergence=on_nonconvergence))
-    own = _own_parameters(unit_params, problem, method, eps)
+    own = _own_parameters(unit_params, problem, method, eps, hessian)
     problem.prefer_mask_jacobian(method, len(index))
     rows, nonzero = [], False
     for chunk in torch.split(index, max(1, chunk_size)):
@@ -412,7 +417,7 @@ def influence(
     scalar_target = probe.ndim == 0
     n_targets = 1 if scalar_target else probe.shape[0]
     solve = _solver(problem, hessian, damping, solver_options)
-    own = _own_parameters(unit_params, problem, method, eps)
+    own = _own_parameters(unit_params, problem, method, eps, hessian)
 
     if mask_aware or len(index) <= n_targets or own is not None:
         problem.prefer_mask_jacobian(method, len(index))
