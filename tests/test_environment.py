@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -58,3 +59,22 @@ def test_book_config_fails_on_errors_and_keeps_math_extensions():
     assert config["sphinx"]["config"]["nb_execution_raise_on_error"] is True
     assert config["execute"]["execute_notebooks"] == "cache"
     assert config["bibtex_bibfiles"] == ["book/references.bib"]
+
+
+def test_the_book_collects_only_its_pages_not_tool_folders():
+    """Sphinx reads every .md/.ipynb that exclude_patterns lets through; a stray one fails the -W build."""
+    from sphinx.util.matching import Matcher
+
+    config = yaml.safe_load((ROOT / "_config.yml").read_text())
+    excluded = Matcher(config["exclude_patterns"])
+    for made_by_tools in (".pytest_cache", ".ruff_cache", ".venv", "_build"):  # folders pruned like Sphinx does
+        assert excluded(made_by_tools), made_by_tools
+    toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
+    pages = {toc["root"]} | {entry["file"] for entry in toc["chapters"]}
+    found = set()
+    for folder, subfolders, files in os.walk(ROOT):
+        relative = Path(folder).relative_to(ROOT)
+        subfolders[:] = [name for name in subfolders if not excluded(str(relative / name)) and name != ".git"]
+        found |= {str((relative / name).with_suffix("")) for name in files
+                  if name.endswith((".md", ".ipynb")) and not excluded(str(relative / name))}
+    assert found == pages, found ^ pages
