@@ -18,6 +18,16 @@ def test_reproduce_logistic_quick_writes_json(tmp_path):
     assert set(results["seconds"]) == {"vif", "if", "loo"}
 
 
+def test_reproduce_ranking_quick_reports_every_estimate_against_exact_loo(tmp_path):
+    out = tmp_path / "ranking.json"
+    subprocess.run([sys.executable, "-m", "vif", "reproduce", "ranking", "--quick", "--loss", "softmax", "--out", str(out)],
+                   check=True, capture_output=True, text=True, timeout=600)
+    entry = json.loads(out.read_text())["losses"]["softmax"]
+    assert entry["synthetic"] is True and entry["n_params"] == 101 * 9
+    assert entry["VIF-HO"]["pearson"] >= 0.99 and entry["VIF"]["pearson"] >= 0.98 and entry["IF"]["pearson"] >= 0.95
+    assert entry["VIF_unmasked"]["pearson"] < entry["VIF"]["pearson"] - 0.05  # the pitfall
+
+
 def test_unknown_experiment_is_rejected_with_the_choices():
     result = subprocess.run([sys.executable, "-m", "vif", "reproduce", "nope", "--out", "x.json"],
                             capture_output=True, text=True)
