@@ -36,6 +36,7 @@ __all__ = [
     "cg_solve",
     "lissa_solve",
     "make_solver",
+    "restrict_solution",
 ]
 
 
@@ -115,6 +116,22 @@ def cholesky_solver(matrix: torch.Tensor, damping: float = 0.0) -> Solver:
 
     return solve
 
+
+def restrict_solution(z: torch.Tensor, columns: torch.Tensor, held: torch.Tensor) -> torch.Tensor:
+    """Turn solutions with ``H`` into solutions of ``H`` restricted to the parameters not in ``held``.
+
+    Args:
+        z: ``H^-1 [v_r; 0]``, shape ``(n_params,)`` or ``(n_params, k)`` (the right-hand side zero on ``held``).
+        columns: ``K_h = H^-1 E_held``, the columns of ``H^-1`` at ``held``, shape ``(n_params, len(held))``.
+        held: the parameter indices held fixed.
+
+    Returns:
+        ``(H_rr)^-1 v_r`` on the rest and exactly 0 on ``held``, by the Schur complement
+        ``(H_rr)^-1 = K_rr - K_rh K_hh^-1 K_hr``: ``z - K_h K_hh^-1 z_h``.
+    """
+    result = z - columns @ torch.linalg.solve(columns[held], z[held])
+    result[held] = 0.0
+    return result
 
 def pinv_solver(matrix: torch.Tensor, damping: float = 0.0, rcond: float | None = None) -> Solver:
     """Solver ``B -> (H + damping I)^+ B`` by eigendecomposition, dropping near-zero eigenvalues.

@@ -45,7 +45,7 @@ import torch
 from torch.func import grad, jacrev, jvp, vjp, vmap
 
 from .errors import InputError, MaskIgnoredError, NonFiniteError, VIFError
-from .hessian import MatVec, make_solver
+from .hessian import MatVec, make_solver, restrict_solution
 from .params import Params, check_finite, flatten
 
 METHODS = ("vif", "if")
@@ -161,9 +161,12 @@ class _Problem:
 
 
 def _own_parameters(
-    unit_params: Sequence | None, problem: _Problem, method: str, eps: float, hessian: object
+    unit_params: Sequence | None, problem: _Problem, method: str, eps: float, hessian: object, units: torch.Tensor
 ) -> Callable[[int], torch.Tensor] | None:
-    """Validate ``unit_params`` and return ``unit -> flat indices of its own parameters`` (or None)."""
+    """Validate ``unit_params`` and return ``unit -> flat indices of its own parameters`` (or None).
+
+    The decoupling they claim is checked on the first of ``units`` (:func:`_check_decoupled`).
+    """
     if unit_params is None:
         return None
     if isinstance(hessian, str) and hessian == "pinv":
@@ -188,6 +191,8 @@ def _own_parameters(
             raise InputError(f"unit_params[{unit}] must hold distinct flat parameter indices in [0, {n_params}).")
         return index.long()
 
+    if len(units):
+        _check_decoupled(problem, int(units[0]), own(int(units[0])))
     return own
 
 
@@ -214,29 +219,23 @@ def _removal_steps(
 ) -> torch.Tensor:
     """``delta_theta_i = -H^-1 D_i`` for the rows of ``differences`` ``(len(chunk), n_params)``.
 
-    With ``own`` (unit -> its own parameter indices ``o``), the held-out step of the module notes:
-    ``-(H_rr)^-1 D_i[r]`` on the rest and 0 on ``o``, as ``-(z - K_o K_oo^-1 z_o)``, one batched solve.
+    With ``own`` (unit -> its own parameter indices ``o``), the held-out step of the module notes,
+    ``-(H_rr)^-1 D_i[r]`` and 0 on ``o``: the steps and every unit's ``H^-1`` columns in one batched solve.
     """
     if own is None:
         return -solve(differences.T).T
     owned = [own(int(unit)) for unit in chunk]
-    n_params = differences.shape[1]
     kept = differences.clone()
     unit_columns = []
     for row, index in enumerate(owned):
         kept[row, index] = 0.0
-        columns = differences.new_zeros(n_params, len(index))
+        columns = differences.new_zeros(differences.shape[1], len(index))
         columns[index, torch.arange(len(index))] = 1.0
         unit_columns.append(columns)
     solutions = solve(torch.cat([kept.T, *unit_columns], dim=1))
-    z, start, steps = solutions[:, : len(chunk)], len(chunk), []
-    for row, index in enumerate(owned):
-        K = solutions[:, start : start + len(index)]  # columns of H^-1 at the unit's own parameters
-        start += len(index)
-        step = K @ torch.linalg.solve(K[index], z[index, row]) - z[:, row]
-        step[index] = 0.0  # exactly z_o - z_o up to rounding
-        steps.append(step)
-    return torch.stack(steps)
+    ends = torch.tensor([len(index) for index in owned]).cumsum(0) + len(chunk)
+    return torch.stack([-restrict_solution(solutions[:, row], solutions[:, end - len(index) : end], index)
+                        for row, (index, end) in enumerate(zip(owned, ends.tolist()))])
 
 
 def _non_finite_units(bad_units: list[int], method: str) -> NonFiniteError:
@@ -322,7 +321,7 @@ def parameter_influence(
         unit_params: optional, one entry per unit: the flat indices of the parameters that unit alone uses
             (they leave the model with it). Its removal step then holds them fixed and uses the Schur
             complement of ``H`` on the rest (see the module notes; VIF at ``eps = 1`` only; checked on the
-            first unit: the objective without the unit must not couple them to the rest).
+            first selected unit: the objective without the unit must not couple them to the rest).
 
     Returns:
         Tensor ``(n_selected_units, n_params)``, columns in the order of :func:`vif.params.flatten`.
@@ -336,12 +335,10 @@ def parameter_influence(
     index = problem.select_units(units)
     solve = _solver(problem, hessian, damping, dict(tol=tol, max_iter=max_iter, preconditioner=preconditioner,
                                                    lissa_scale=lissa_scale, on_nonconvergence=on_nonconvergence))
-    own = _own_parameters(unit_params, problem, method, eps, hessian)
+    own = _own_parameters(unit_params, problem, method, eps, hessian, index)
     problem.prefer_mask_jacobian(method, len(index))
     rows, nonzero = [], False
     for chunk in torch.split(index, max(1, chunk_size)):
-        if own is not None and not rows:
-            _check_decoupled(problem, int(chunk[0]), own(int(chunk[0])))
         differences = problem.gradient_differences(chunk, method, eps)
         nonzero = nonzero or bool(differences.ne(0).any())
         rows.append(_removal_steps(solve, differences, chunk, own))
@@ -417,7 +414,7 @@ def influence(
     scalar_target = probe.ndim == 0
     n_targets = 1 if scalar_target else probe.shape[0]
     solve = _solver(problem, hessian, damping, solver_options)
-    own = _own_parameters(unit_params, problem, method, eps, hessian)
+    own = _own_parameters(unit_params, problem, method, eps, hessian, index)
 
     if mask_aware or len(index) <= n_targets or own is not None:
         problem.prefer_mask_jacobian(method, len(index))
@@ -434,8 +431,6 @@ def _unit_route(problem, flat_target, solve, index, method, eps, chunk_size, mas
         jacobian = check_finite(jacrev(flat_target)(problem.theta, problem.ones), "the gradient of the target")
     rows, nonzero = [], False
     for chunk in torch.split(index, max(1, chunk_size)):
-        if own is not None and not rows:
-            _check_decoupled(problem, int(chunk[0]), own(int(chunk[0])))
         differences = problem.gradient_differences(chunk, method, eps)
         nonzero = nonzero or bool(differences.ne(0).any())
         steps = _removal_steps(solve, differences, chunk, own)  # (chunk, n_params)

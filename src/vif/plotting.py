@@ -46,9 +46,10 @@ def scatter_vs_loo(
     ylabel: str = "predicted change",
     color: object | None = None,
     size: float = 14.0,
-    diagonal: bool = True,
 ) -> plt.Axes:
     """Scatter predicted against actual changes with the diagonal and Pearson's r in the legend.
+
+    Called again on the same axes (a second estimate), it redraws the one diagonal to span both.
 
     Args:
         ax: axes to draw on.
@@ -58,16 +59,19 @@ def scatter_vs_loo(
         xlabel, ylabel: axis labels (state the target and its units).
         color: marker colour (default: the palette's first).
         size: marker size.
-        diagonal: draw the line y = x (pass ``False`` for a second estimate on the same axes).
     """
     x, y = _numpy(actual).ravel(), _numpy(predicted).ravel()
     r = correlations(y, x).pearson if x.size >= 3 else float("nan")
     ax.scatter(x, y, s=size, alpha=0.7, color=color or PALETTE[0], edgecolor="none",
                label=f"{label} (pooled Pearson r = {r:.3f})")
-    if diagonal:
-        low, high = float(min(x.min(), y.min())), float(max(x.max(), y.max()))
-        pad = 0.05 * (high - low or 1.0)
-        ax.plot([low - pad, high + pad], [low - pad, high + pad], color="0.3", lw=1, ls="--", label="y = x")
+    low, high = float(min(x.min(), y.min())), float(max(x.max(), y.max()))
+    for line in [line for line in ax.lines if line.get_gid() == "diagonal"]:  # one diagonal spanning every estimate
+        low, high = min(low, line.get_xdata()[0]), max(high, line.get_xdata()[1])
+        line.remove()
+    pad = 0.05 * (high - low or 1.0)
+    low, high = low - pad, high + pad
+    (diagonal,) = ax.plot([low, high], [low, high], color="0.3", lw=1, ls="--", label="y = x")
+    diagonal.set_gid("diagonal")
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.legend(loc="upper left")
@@ -102,6 +106,7 @@ def errors_vs_loo(
     ax.set_ylabel("predicted minus actual change")
     ax.legend(loc="best")
     return ax
+
 
 def runtime_plot(
     ax: plt.Axes,

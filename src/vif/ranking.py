@@ -28,7 +28,6 @@ Sign convention: influence of item ``i`` on ``f`` = predicted ``f(theta_-i) - f(
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -37,6 +36,7 @@ import torch
 
 from .errors import ConvergenceError, InputError
 from .fit import lbfgs
+from .hessian import cholesky_solver, restrict_solution
 from .params import check_mask, flatten
 
 __all__ = [
@@ -216,10 +216,6 @@ def _not_converged(gtol: float, steps: int) -> ConvergenceError:
     )
 
 
-def _cholesky_apply(factor: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-    return torch.cholesky_solve(g[:, None], factor)[:, 0]
-
-
 def fit(
     X: Any,
     relevance: Any,
@@ -260,8 +256,8 @@ def fit(
         return obj(unflatten(vector), mask)
 
     for _ in range(max_rounds):
-        factor = torch.linalg.cholesky(hessian(X_t, R, unflatten(theta), loss=loss, l2=l2, mask=mask))
-        theta, converged = _descend(function, theta, functools.partial(_cholesky_apply, factor), gtol=gtol, max_iter=10)
+        solve = cholesky_solver(hessian(X_t, R, unflatten(theta), loss=loss, l2=l2, mask=mask))
+        theta, converged = _descend(function, theta, solve, gtol=gtol, max_iter=10)
         if converged:
             return unflatten(theta)
     raise _not_converged(gtol, 10 * max_rounds)
@@ -269,14 +265,15 @@ def fit(
 
 def loo_fit(
     X: Any, relevance: Any, params: Params, *, loss: str = "softmax", l2: float = 5e-4, gtol: float = 1e-10,
-    full_hessian: torch.Tensor | None = None,
+    full_hessian: torch.Tensor | Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> Callable[[torch.Tensor, Params | None], Params]:
     """Exact leave-items-out refits warm-started at the full-data fit ``params``, for :func:`vif.leave_one_out`.
 
     A removed item appears in no data term, so its parameters' optimum is exactly 0 (weight decay); the
     others are found by L-BFGS preconditioned with the full-data Hessian restricted to them
-    (``(H_rr)^-1 = K_rr - K_ri K_ii^-1 K_ir`` with ``K = H^-1``), to ``max|grad| <= gtol``. Cold starts
-    (``init=None``) fall back to :func:`fit`. ``full_hessian``: :func:`hessian` at ``params``, if already computed.
+    (:func:`vif.hessian.restrict_solution`), to ``max|grad| <= gtol``. Cold starts (``init=None``) fall back
+    to :func:`fit`. ``full_hessian``: :func:`hessian` at ``params`` or a solver for it
+    (:func:`vif.hessian.cholesky_solver`), if already computed.
 
     Returns:
         ``fit(mask, init) -> params`` for a 0/1 ``mask`` of shape ``(n_items,)``.
@@ -286,7 +283,7 @@ def loo_fit(
     n_items, d = R.shape[1], X_t.shape[1]
     if full_hessian is None:
         full_hessian = hessian(X_t, R, params, loss=loss, l2=l2)
-    factor = torch.linalg.cholesky(full_hessian)
+    solve_full = full_hessian if callable(full_hessian) else cholesky_solver(full_hessian)
     index = item_parameters(n_items, d)
 
     def refit(mask: torch.Tensor, init: Params | None) -> Params:
@@ -298,13 +295,12 @@ def loo_fit(
         theta[removed] = 0.0
         unit = torch.zeros(len(theta), len(removed), dtype=theta.dtype)
         unit[removed, torch.arange(len(removed))] = 1.0
-        K_i = torch.cholesky_solve(unit, factor)  # columns of H^-1 at the removed coordinates
+        columns = solve_full(unit)  # H^-1 at the removed coordinates, once per refit
 
         def solve(g: torch.Tensor) -> torch.Tensor:
             g = g.clone()
             g[removed] = 0.0
-            z = torch.cholesky_solve(g[:, None], factor)[:, 0]
-            return z - K_i @ torch.linalg.solve(K_i[removed], z[removed])
+            return restrict_solution(solve_full(g), columns, removed)
 
         theta, converged = _descend(lambda t: obj(unflatten(t), mask), theta, solve, gtol=gtol)
         if not converged:

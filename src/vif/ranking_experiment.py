@@ -112,9 +112,12 @@ def estimate(s: RankingSetup, *, method: str = "vif", masked: bool = True, held_
 
 
 def exact_loo(
-    s: RankingSetup, *, cache_dir: str | Path | None = None, progress: bool = True, hessian: torch.Tensor | None = None
+    s: RankingSetup, *, cache_dir: str | Path | None = None, progress: bool = True, hessian: Any = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Exact warm-started LOO: ``(masked, unmasked)`` actual changes of the test losses, each ``(n_units, n_test)``."""
+    """Exact warm-started LOO: ``(masked, unmasked)`` actual changes of the test losses, each ``(n_units, n_test)``.
+
+    ``hessian``: the full-data Hessian or a solver for it, if already computed (see :func:`vif.ranking.loo_fit`).
+    """
     fit = ranking.loo_fit(s.data.X_train, s.data.Y_train, s.params, loss=s.loss, l2=s.l2, full_hessian=hessian)
     masked, thetas = leave_one_out(fit, s.params, s.target, n_units=s.data.n_items, units=s.units,
                                    cache_dir=cache_dir, cache_key=s.key, progress=progress, return_params=True)
@@ -150,7 +153,7 @@ def compare(
         plain = {"VIF": estimate(s, masked=False, hessian=solver),
                  "IF": estimate(s, method="if", masked=False, hessian=solver)}
     start = time.perf_counter()
-    actual, actual_unmasked = exact_loo(s, cache_dir=cache_dir, progress=progress, hessian=H)
+    actual, actual_unmasked = exact_loo(s, cache_dir=cache_dir, progress=progress, hessian=solver)
     loo_seconds = time.perf_counter() - start
     result: dict[str, Any] = {"hessian_seconds": hessian_seconds, "vif_seconds": seconds["VIF"],
                               "held_out_seconds": seconds["VIF-HO"], "loo_seconds": loo_seconds,
@@ -164,10 +167,10 @@ def compare(
     return result
 
 
-def backends(s: RankingSetup, *, max_iter: int = 200, tol: float = 1e-6, held_out: bool = True) -> list[dict[str, Any]]:
-    """Exact solve, CG with and without block-Jacobi, and LiSSA on the same estimate: seconds and accuracy.
+def backends(s: RankingSetup, *, max_iter: int = 200, tol: float = 1e-6) -> list[dict[str, Any]]:
+    """Exact solve, CG with and without block-Jacobi, and LiSSA on the same VIF-HO: seconds and accuracy.
 
-    The estimate is VIF-HO by default (``held_out``: ``d + 2`` right-hand sides per item), else VIF (one).
+    VIF-HO solves ``d + 2`` right-hand sides per item (the step and the item's Schur columns).
     Accuracy: largest error relative to the exact estimate's largest entry; iterative solvers warn (not
     raise) when they hit ``max_iter``, and the table shows how far they got.
     """
@@ -176,7 +179,7 @@ def backends(s: RankingSetup, *, max_iter: int = 200, tol: float = 1e-6, held_ou
     rows = []
     start = time.perf_counter()
     H = ranking.hessian(s.data.X_train, s.data.Y_train, s.params, loss=s.loss, l2=s.l2)
-    exact = estimate(s, hessian=H, held_out=held_out)
+    exact = estimate(s, hessian=H, held_out=True)
     rows.append({"backend": "exact (closed-form H, Cholesky)", "seconds": time.perf_counter() - start, "rel_error": 0.0})
     del H
     jacobi = ranking.block_jacobi(s.data.X_train, s.data.Y_train, s.params, loss=s.loss, l2=s.l2)
@@ -185,7 +188,7 @@ def backends(s: RankingSetup, *, max_iter: int = 200, tol: float = 1e-6, held_ou
         start = time.perf_counter()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            values = estimate(s, tol=tol, max_iter=max_iter, on_nonconvergence="warn", held_out=held_out, **options)
+            values = estimate(s, tol=tol, max_iter=max_iter, on_nonconvergence="warn", held_out=True, **options)
         error = float((values - exact).abs().max() / exact.abs().max())
         rows.append({"backend": name, "seconds": time.perf_counter() - start, "rel_error": error})
     return rows
