@@ -95,3 +95,11 @@ def test_malformed_header(tmp_path):
     bad.write_text("24 six 5\n1 0:1.0\n")
     with pytest.raises(InputError, match="first line"):
         data.read_xmc(bad)
+
+
+@pytest.mark.parametrize("body, message", [("", "0 data lines"), ("0,x 1:0.5\n", "line 2"), ("0 1:a\n", "line 2")])
+def test_empty_files_and_bad_labels_are_clear_errors(tmp_path, body, message):
+    path = tmp_path / "Bad_data.txt"
+    path.write_text(("1 3 2\n" if body else "2 3 2\n") + body)
+    with pytest.raises(InputError, match=message):
+        data.read_xmc(path)

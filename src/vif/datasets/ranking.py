@@ -154,23 +154,23 @@ def read_xmc(path: str | Path) -> tuple[sp.csr_matrix, sp.csr_matrix]:
             raise InputError(f"{path}: the first line must be 'n_points n_features n_labels', got {header!r}.")
         n_points, n_features, n_labels = map(int, header)
         f_rows, f_cols, f_vals, l_rows, l_cols = [], [], [], [], []
+        row = -1  # a file with a header and no data lines has 0 points
         for row, line in enumerate(handle):
             parts = line.split()
-            if parts and ":" not in parts[0]:
-                labels, pairs = parts[0], parts[1:]
-                for label in labels.split(","):
-                    l_rows.append(row)
-                    l_cols.append(int(label))
-            else:
-                pairs = parts
+            labels, pairs = (parts[0].split(","), parts[1:]) if parts and ":" not in parts[0] else ([], parts)
             try:
+                for label in labels:
+                    l_cols.append(int(label))
+                    l_rows.append(row)
                 for pair in pairs:
                     col, val = pair.split(":")
                     f_rows.append(row)
                     f_cols.append(int(col))
                     f_vals.append(float(val))
             except ValueError as error:
-                raise InputError(f"{path}, line {row + 2}: expected 'feature:value' pairs ({error}).") from error
+                raise InputError(
+                    f"{path}, line {row + 2}: expected 'l1,l2,... feature:value ...' with integer labels ({error})."
+                ) from error
     if row + 1 != n_points:
         raise InputError(f"{path}: header says {n_points} points but the file has {row + 1} data lines.")
     if (l_cols and max(l_cols) >= n_labels) or (f_cols and max(f_cols) >= n_features):
