@@ -211,7 +211,8 @@ def load_metabric(path: str | Path | None = None, *, expected_sha256: str | None
     frame = raw.rename(columns={"duration": "time"}).astype(float)
     frame = frame[frame["time"] > 0].reset_index(drop=True)  # a zero duration has no place in a risk set
     return SurvivalDataset("metabric", frame, expected[:9], _METABRIC_CONTINUOUS,
-                           f"METABRIC, DeepSurv/pycox export read from {file}", sha256=sha256(file))
+                           f"METABRIC, DeepSurv/pycox export read from {file}",
+                           sha256=expected_sha256 or sha256(file))  # locate() verified a given digest
 
 
 DATASETS = {"support": load_support, "rotterdam": load_rotterdam, "gbsg2": load_gbsg2, "metabric": load_metabric}
