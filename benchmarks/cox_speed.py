@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from vif.cox_experiment import speed
+from vif.experiments.cox import speed
 
 
 def main() -> None:

@@ -2,7 +2,7 @@
 
 Prints one row per graph: Zachary's karate club and stochastic-block-model graphs of 200, 500 and 1,000
 nodes (generated offline, seeded). Targets: 20 link scores. The Hessian backend is the dense
-pseudo-inverse up to ``vif.embedding.NEWTON_LIMIT`` parameters and conjugate gradient above; LOO refit
+pseudo-inverse up to ``vif.fit.NEWTON_LIMIT`` parameters and conjugate gradient above; LOO refit
 times are the mean of ``--refits`` warm and cold refits times the number of nodes (all nodes on karate).
 Runs on one torch thread: these problems are too small for threads to help on a shared machine.
 
@@ -14,7 +14,7 @@ import json
 
 import torch
 
-from vif.embedding_experiment import speed
+from vif.experiments.node_embedding import speed
 
 
 def main() -> None:

@@ -5,7 +5,7 @@
 VIF-HO: closed-form Hessian, Cholesky, masked gradients and mask-aware test-loss targets for every studied
 item, the item's own parameters held out of the step. LOO protocols (each timed on ``--timed`` items,
 scaled to all studied items): warm-started L-BFGS (``vif.fit.lbfgs``, gtol 1e-7), warm-started Newton
-(``vif.ranking.fit`` from theta_hat), the paper's protocol (Adam, lr 1e-3, batch 128, cold start, 20
+(``vif.tasks.ranking.fit`` from theta_hat), the paper's protocol (Adam, lr 1e-3, batch 128, cold start, 20
 epochs), and the exact refits of the book's ground truth (L-BFGS preconditioned with the full-data
 Hessian, gtol 1e-10; its Hessian counted once). Synthetic data, softmax loss, one torch thread.
 """
@@ -16,7 +16,7 @@ import argparse
 
 import torch
 
-from vif import ranking_experiment as experiment
+from vif.experiments import ranking as experiment
 
 
 def main() -> None:

@@ -10,11 +10,11 @@ from torch_geometric.data import Data
 from torch_geometric.utils import subgraph
 
 import vif
-from vif import embedding
-from vif import embedding_experiment as experiment
 from vif.datasets import graphs
 from vif.errors import ConvergenceError, InputError, MaskError
+from vif.experiments import node_embedding as experiment
 from vif.params import flatten, removal_mask
+from vif.tasks import embedding
 
 
 def small_graph() -> Data:
@@ -147,7 +147,7 @@ def test_vif_tracks_exact_leave_one_out(karate_problem):
     units = [0, 5, 11, 16, 25, 33]
     predicted = vif.influence(karate_problem.loss, karate_problem.params, karate_problem.target, n_units=34,
                               hessian="pinv", units=units)
-    actual = vif.leave_one_out(experiment.Refit(karate_problem.loss, 0), karate_problem.params,
+    actual = vif.leave_one_out(karate_problem.loss, karate_problem.params,
                                karate_problem.target, n_units=34, units=units, progress=False)
     stats = vif.metrics.correlations(predicted, actual, valid=karate_problem.valid()[units], across="targets")
     assert stats.pearson > 0.9

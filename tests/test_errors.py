@@ -82,9 +82,9 @@ def test_hessian_not_positive_definite_suggests_damping():
 
 def test_iterative_solver_that_does_not_converge():
     with pytest.raises(ConvergenceError, match="CG did not converge"):
-        vif.influence(ridge, BETA, target, n_units=N, hessian="cg", max_iter=1, tol=1e-14)
+        vif.influence(ridge, BETA, target, n_units=N, hessian=vif.solvers.CG(max_iter=1, tol=1e-14))
     with pytest.raises(ConvergenceError, match="LiSSA did not converge"):
-        vif.influence(ridge, BETA, target, n_units=N, hessian="lissa", max_iter=3, tol=1e-14)
+        vif.influence(ridge, BETA, target, n_units=N, hessian=vif.solvers.LiSSA(max_iter=3, tol=1e-14))
 
 
 def test_unknown_names_and_bad_values():
@@ -94,7 +94,7 @@ def test_unknown_names_and_bad_values():
         vif.influence(ridge, BETA, target, n_units=N, hessian="inverse")
     with pytest.raises(InputError, match="eps must lie in"):
         vif.influence(ridge, BETA, target, n_units=N, eps=0.0)
-    with pytest.raises(InputError, match="damping must be >= 0"):
+    with pytest.raises(InputError, match="damping must be a number >= 0"):
         vif.influence(ridge, BETA, target, n_units=N, damping=-1.0)
     with pytest.raises(InputError, match=r"units must lie in \[0, 8\)"):
         vif.influence(ridge, BETA, target, n_units=N, units=[0, 8])

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 
 import vif
-from vif import logistic
 from vif.datasets.tabular import breast_cancer
+from vif.tasks import logistic
 
 
 def test_newton_and_lbfgs_agree_with_scikit_learn_logistic_regression():

@@ -8,10 +8,10 @@ import scipy.sparse.linalg
 import torch
 
 import vif
-from vif import logistic
 from vif.datasets.tabular import breast_cancer
 from vif.errors import ConvergenceError, ConvergenceWarning, NotPositiveDefiniteError
-from vif.hessian import cg_solve, cholesky_solver, lissa_solve, pinv_solver
+from vif.solvers import CG, LiSSA, cg_solve, cholesky_solver, lissa_solve, pinv_solver
+from vif.tasks import logistic
 
 
 def _spd(n: int, condition: float, seed: int = 0) -> torch.Tensor:
@@ -73,8 +73,8 @@ def test_backends_agree_on_the_logistic_hessian():
 
     kwargs = dict(n_units=data.X_train.shape[0], units=torch.arange(40), damping=0.1)
     exact = vif.influence(objective, theta, target, hessian="exact", **kwargs)
-    cg = vif.influence(objective, theta, target, hessian="cg", tol=1e-12, **kwargs)
-    lissa = vif.influence(objective, theta, target, hessian="lissa", tol=1e-6, max_iter=50_000, **kwargs)
+    cg = vif.influence(objective, theta, target, hessian=CG(tol=1e-12), **kwargs)
+    lissa = vif.influence(objective, theta, target, hessian=LiSSA(tol=1e-6, max_iter=50_000), **kwargs)
     scale = float(exact.norm())
     assert float((cg - exact).norm()) / scale < 1e-6
     assert float((lissa - exact).norm()) / scale < 1e-2

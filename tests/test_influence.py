@@ -7,9 +7,9 @@ import torch
 from torch.func import hessian, jacrev
 
 import vif
-from vif import logistic, pairwise
 from vif.datasets.tabular import breast_cancer
 from vif.errors import InputError
+from vif.tasks import logistic, pairwise
 
 
 @pytest.fixture(scope="module")
@@ -237,7 +237,7 @@ def test_held_out_unit_parameters_give_the_exact_step_when_the_rest_of_the_hessi
     # on a target that does not read the removed parameter; every solver agrees with the exact value
     target = torch.linspace(-1.0, 1.0, p, dtype=torch.float64)
     actual_target = actual[:, :p] @ target
-    for options in [{}, {"hessian": "cg", "tol": 1e-12}, {"chunk_size": 4}, {"vectorize": False}]:
+    for options in [{}, {"hessian": vif.solvers.CG(tol=1e-12)}, {"chunk_size": 4}, {"vectorize": False}]:
         predicted = vif.influence(objective, theta_hat, lambda theta: theta[:p] @ target, n_units=n,
                                   unit_params=torch.tensor(unit_params), **options)
         assert torch.allclose(predicted, actual_target, atol=1e-9), options

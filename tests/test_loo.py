@@ -69,7 +69,7 @@ def test_resumes_from_the_cache_after_an_interruption(tmp_path):
     again = vif.leave_one_out(failing_fit, BETA, target, n_units=N, cache_dir=tmp_path, progress=False)
     assert calls == [] and torch.equal(again, resumed)
     saved = torch.load(next(tmp_path.glob("loo-*/unit-000008.pt")), weights_only=True)
-    assert saved["meta"]["unit"] == 8 and saved["meta"]["grad_norm"] < 1e-10
+    assert saved["meta"]["units"] == [8] and saved["meta"]["grad_norm"] < 1e-10
 
 
 def test_cache_key_separates_different_configurations(tmp_path):

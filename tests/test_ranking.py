@@ -7,9 +7,11 @@ import torch
 from torch.func import hessian as autograd_hessian
 
 import vif
-from vif import ranking
 from vif.errors import InputError
+from vif.metrics import ndcg
 from vif.params import flatten
+from vif.tasks import ranking
+from vif.tasks.ranking_hessian import block_jacobi, closed_form_hessian
 
 torch.set_default_dtype(torch.float64)
 
@@ -81,17 +83,17 @@ def test_closed_form_hessian_matches_autograd(problem, loss):
     theta, unflatten = flatten(params)
     for mask in (torch.ones(6), torch.tensor([1.0, 0.0, 1.0, 1.0, 0.5, 1.0])):
         expected = autograd_hessian(lambda t, m=mask: objective(unflatten(t), m))(theta)
-        found = ranking.hessian(X, R, params, loss=loss, l2=1e-2, mask=mask)
+        found = closed_form_hessian(X, R, params, loss=loss, l2=1e-2, mask=mask)
         assert torch.allclose(found, expected, atol=1e-13, rtol=0)
 
 
 @pytest.mark.parametrize("loss", ranking.LOSSES)
 def test_block_jacobi_inverts_the_per_item_blocks(problem, loss):
     X, R, params = problem
-    H = ranking.hessian(X, R, params, loss=loss, l2=1e-2)
+    H = closed_form_hessian(X, R, params, loss=loss, l2=1e-2)
     index = ranking.item_parameters(6, 3)
     blocks = H[index[:, :, None], index[:, None, :]]
-    apply = ranking.block_jacobi(X, R, params, loss=loss, l2=1e-2)
+    apply = block_jacobi(X, R, params, loss=loss, l2=1e-2)
     v = torch.randn(H.shape[0], 2, generator=torch.Generator().manual_seed(1))
     out = apply(v)
     assert torch.allclose(out[index], torch.linalg.solve(blocks, v[index]), atol=1e-12)
@@ -106,7 +108,7 @@ def test_fit_and_loo_fit_reach_the_masked_optimum(problem, loss):
     assert vif.fit.gradient_norm(objective, params, torch.ones(6)) <= 1e-10
     mask = torch.ones(6)
     mask[2] = 0.0
-    warm = ranking.loo_fit(X, R, params, loss=loss, l2=1e-2)(mask, params)
+    warm = ranking.ListwiseRanking(X, R, loss=loss, l2=1e-2).fit(mask, params)
     cold = vif.fit.newton(objective, ranking.init_params(3, 6, X), mask, gtol=1e-10)
     assert vif.fit.gradient_norm(objective, warm, mask) <= 1e-10
     assert torch.allclose(flatten(warm)[0], flatten(cold)[0], atol=1e-7)
@@ -119,7 +121,7 @@ def test_vif_is_one_newton_step_and_tracks_exact_loo(problem):
     loss, l2 = "softmax", 1e-2
     params = ranking.fit(X, R, loss=loss, l2=l2)
     objective = ranking.objective(X, R, loss=loss, l2=l2)
-    H = ranking.hessian(X, R, params, loss=loss, l2=l2)
+    H = closed_form_hessian(X, R, params, loss=loss, l2=l2)
     theta, unflatten = flatten(params)
     steps = vif.parameter_influence(objective, params, n_units=6, hessian=H)
     for unit in range(6):
@@ -132,7 +134,7 @@ def test_vif_is_one_newton_step_and_tracks_exact_loo(problem):
     Xt, Rt = X[:20] + 0.1, R[:20]
     target = ranking.target(Xt, Rt, loss=loss)
     predicted = vif.influence(objective, params, target, n_units=6, hessian=H)
-    actual = vif.leave_one_out(ranking.loo_fit(X, R, params, loss=loss, l2=l2), params, target, n_units=6,
+    actual = vif.leave_one_out(ranking.ListwiseRanking(X, R, loss=loss, l2=l2), params, target, n_units=6,
                                progress=False)
     valid = ~ranking.emptied_queries(Rt)
     assert vif.metrics.correlations(predicted, actual, valid=valid).pearson > 0.98
@@ -160,7 +162,7 @@ def test_infinitesimal_influence_is_finite(problem, loss):
     params = ranking.fit(X, R, loss=loss, l2=1e-2)
     objective = ranking.objective(X, R, loss=loss, l2=1e-2)
     values = vif.influence(objective, params, ranking.target(X[:10], R[:10], loss=loss), n_units=6, method="if",
-                           hessian=ranking.hessian(X, R, params, loss=loss, l2=1e-2))
+                           hessian=closed_form_hessian(X, R, params, loss=loss, l2=1e-2))
     assert values.shape == (6, 10) and bool(torch.isfinite(values).all())
 
 
@@ -189,10 +191,10 @@ def test_bad_inputs_name_the_problem(problem):
 def test_ndcg_known_values():
     R = torch.tensor([[1.0, 0.0, 1.0, 0.0]])
     perfect = torch.tensor([[3.0, 0.0, 2.0, 1.0]])
-    assert float(ranking.ndcg(perfect, R, k=4)[0]) == pytest.approx(1.0)
+    assert float(ndcg(perfect, R, k=4)[0]) == pytest.approx(1.0)
     swapped = torch.tensor([[3.0, 2.0, 0.0, 1.0]])  # relevant at ranks 1 and 4
     expected = (1 + 1 / np.log2(5)) / (1 + 1 / np.log2(3))
-    assert float(ranking.ndcg(swapped, R, k=4)[0]) == pytest.approx(expected)
+    assert float(ndcg(swapped, R, k=4)[0]) == pytest.approx(expected)
     mask = torch.tensor([1.0, 0.0, 1.0, 1.0])  # removing the irrelevant item at rank 2 restores the order
-    assert float(ranking.ndcg(swapped, R, mask, k=4)[0]) == pytest.approx((1 + 1 / np.log2(4)) / (1 + 1 / np.log2(3)))
-    assert math.isnan(float(ranking.ndcg(perfect, torch.zeros(1, 4), k=4)[0]))
+    assert float(ndcg(swapped, R, mask, k=4)[0]) == pytest.approx((1 + 1 / np.log2(4)) / (1 + 1 / np.log2(3)))
+    assert math.isnan(float(ndcg(perfect, torch.zeros(1, 4), k=4)[0]))

@@ -1,4 +1,4 @@
-"""Agreement between predicted and actual changes: Pearson and Spearman correlations, averaged.
+"""Agreement between predicted and actual changes (correlations, relative error) and ranking quality (nDCG).
 
 The paper's metric: for each test target, correlate predicted and actual changes across the removed
 units, then average over targets (``across="units"``). ``across="targets"`` correlates, for each removed
@@ -17,7 +17,7 @@ from scipy.stats import rankdata
 
 from .errors import InputError
 
-__all__ = ["Correlations", "correlations"]
+__all__ = ["Correlations", "correlations", "relative_error", "ndcg"]
 
 
 @dataclass(frozen=True)
@@ -120,3 +120,33 @@ def correlations(
         n_constant=int((~used).sum()),
         n_excluded=int((~keep).sum()),
     )
+
+
+def relative_error(predicted: torch.Tensor, actual: torch.Tensor) -> float:
+    """``||predicted - actual||_F / ||actual||_F``: how far the estimates are from the truth in size, not just rank."""
+    return float(torch.linalg.norm(predicted - actual) / torch.linalg.norm(actual))
+
+
+def ndcg(S: torch.Tensor, relevance: torch.Tensor, mask: torch.Tensor | None = None, k: int = 10) -> torch.Tensor:
+    """nDCG@k of each query's ranking by scores ``S`` ``(n_queries, n_items)``; masked items are not ranked.
+
+    Args:
+        S: scores ``(n_queries, n_items)``.
+        relevance: 0/1 (or graded) relevance, same shape.
+        mask: ``(n_items,)``, items with ``mask <= 0`` are left out of every ranking; default none.
+        k: cut-off.
+
+    Returns:
+        ``(n_queries,)``; NaN for a query with no relevant kept item (nDCG undefined there).
+    """
+    if mask is None:
+        mask = torch.ones(S.shape[1], dtype=S.dtype, device=S.device)
+    kept = mask > 0
+    S_kept = torch.where(kept, S, torch.full_like(S, -torch.inf))
+    R = relevance * kept
+    k = min(k, int(kept.sum()))
+    top = torch.topk(S_kept, k, dim=1).indices
+    discounts = 1.0 / torch.log2(torch.arange(2, k + 2, dtype=S.dtype, device=S.device))
+    dcg = (torch.gather(R, 1, top) * discounts).sum(dim=1)
+    ideal = (torch.sort(R, dim=1, descending=True).values[:, :k] * discounts).sum(dim=1)
+    return torch.where(ideal > 0, dcg / torch.where(ideal > 0, ideal, torch.ones_like(ideal)), torch.nan)

@@ -30,7 +30,7 @@ def karate() -> Data:
 
     data = KarateClub()[0]
     clubs = nx.get_node_attributes(nx.karate_club_graph(), "club")
-    club = torch.tensor([int(clubs[node] != "Mr. Hi") for node in range(data.num_nodes)])
+    club = torch.tensor([int(clubs[node] != "Mr. Hi") for node in range(data.num_nodes)], device="cpu")
     return Data(edge_index=data.edge_index, num_nodes=data.num_nodes, club=club, name="karate")
 
 

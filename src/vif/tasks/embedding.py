@@ -37,11 +37,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
-from torch.func import grad
 
-from .errors import ConvergenceError, InputError
-from .hessian import hessian_matrix
-from .params import check_finite, check_mask, flatten
+from ..errors import InputError
+from ..fit import saddle_free_newton
+from ..params import check_mask
 
 __all__ = [
     "SkipGram",
@@ -51,7 +50,6 @@ __all__ = [
     "objective",
     "init_params",
     "fit",
-    "minimise",
     "logits",
     "pair_loss",
     "link_score",
@@ -69,7 +67,7 @@ def adjacency(graph, *, dtype: torch.dtype = _DTYPE) -> torch.Tensor:
         )
     n = int(graph.num_nodes)
     edges = graph.edge_index
-    matrix = torch.zeros(n, n, dtype=dtype)
+    matrix = torch.zeros(n, n, dtype=dtype, device="cpu")
     matrix[edges[0], edges[1]] = 1.0
     matrix = torch.maximum(matrix, matrix.T)
     matrix.fill_diagonal_(0.0)
@@ -142,14 +140,14 @@ def random_walks(graph, *, walks_per_node: int, walk_length: int, seed: int = 0,
         ``-1`` marks the steps after a walk got stuck and the walks started from removed nodes.
     """
     adj = adjacency(graph)
-    mask = torch.ones(adj.shape[0], dtype=adj.dtype) if mask is None else check_mask(mask.to(adj.dtype), adj.shape[0])
+    mask = adj.new_ones(adj.shape[0]) if mask is None else check_mask(mask.to(adj.dtype), adj.shape[0])
     nodes, alive = _walk(adj, mask, _uniforms(adj.shape[0] * walks_per_node, walk_length, seed, adj.dtype))
     return torch.where(alive > 0, nodes, torch.full_like(nodes, -1))
 
 
 def _uniforms(n_walks: int, walk_length: int, seed: int, dtype: torch.dtype) -> torch.Tensor:
     generator = torch.Generator().manual_seed(seed)
-    return 1.0 - torch.rand(n_walks, walk_length - 1, generator=generator, dtype=dtype)
+    return 1.0 - torch.rand(n_walks, walk_length - 1, generator=generator, dtype=dtype, device="cpu")
 
 
 def _sampled_counts(adj: torch.Tensor, mask: torch.Tensor, uniforms: torch.Tensor, window: int) -> torch.Tensor:
@@ -184,6 +182,7 @@ class SkipGram:
     walks_per_node: int
     seed: int
     uniforms: torch.Tensor | None = field(default=None, repr=False)
+    gtol: float = 1e-10
 
     @property
     def n_units(self) -> int:
@@ -226,6 +225,15 @@ class SkipGram:
         if counts is None and self.expected:
             return self._factored_loss(params, mask) + penalty
         return self.data_loss(logits(params), mask, counts) + penalty
+
+    def objective(self, params: dict[str, torch.Tensor], mask: torch.Tensor) -> torch.Tensor:
+        """The task contract's objective (:class:`vif.task.Task`): the same as calling the object."""
+        return self(params, mask)
+
+    def fit(self, mask: torch.Tensor | None = None, init: dict[str, torch.Tensor] | None = None
+            ) -> dict[str, torch.Tensor]:
+        """The task contract's fit: :func:`fit` from ``init`` or from the seeded cold start, to ``gtol``."""
+        return fit(self, mask=mask, init=init, seed=self.seed, gtol=self.gtol)
 
     def _factored_loss(self, params: dict[str, torch.Tensor], mask: torch.Tensor) -> torch.Tensor:
         """``data_loss`` with expected counts, without forming ``P^k`` or ``C``: O(window * n^2 * dim).
@@ -330,8 +338,8 @@ def link_score(pairs: torch.Tensor) -> Callable[[dict[str, torch.Tensor]], torch
 def init_params(n_nodes: int, dim: int, *, seed: int = 0, dtype: torch.dtype = _DTYPE) -> dict[str, torch.Tensor]:
     """The paper's initialisation: input and output embeddings drawn from U(0, 1) with a seeded generator."""
     generator = torch.Generator().manual_seed(seed)
-    return {"input": torch.rand(n_nodes, dim, generator=generator, dtype=dtype),
-            "output": torch.rand(n_nodes, dim, generator=generator, dtype=dtype)}
+    return {"input": torch.rand(n_nodes, dim, generator=generator, dtype=dtype, device="cpu"),
+            "output": torch.rand(n_nodes, dim, generator=generator, dtype=dtype, device="cpu")}
 
 
 def fit(graph, *, mask: torch.Tensor | None = None, init: dict[str, torch.Tensor] | None = None, seed: int = 0,
@@ -343,7 +351,9 @@ def fit(graph, *, mask: torch.Tensor | None = None, init: dict[str, torch.Tensor
         mask: node mask (n_nodes,); ``None`` keeps every node.
         init: warm start ``{"input", "output"}`` (not modified); ``None`` starts cold from :func:`init_params`.
         seed: seed of the cold start.
-        gtol, max_iter, newton_steps: see :func:`minimise`.
+        gtol, max_iter, newton_steps: see :func:`vif.fit.saddle_free_newton`. The skip-gram loss is a mean
+            cross-entropy of order ``log n`` and LOO changes of targets are of order 1e-3 to 1e-1, so the
+            default ``gtol = 1e-10`` makes them signal.
         **config: forwarded to :func:`objective` (``dim``, ``window``, ``walk_length``, ``l2``, ...).
 
     Returns:
@@ -353,86 +363,8 @@ def fit(graph, *, mask: torch.Tensor | None = None, init: dict[str, torch.Tensor
         ConvergenceError: ``max |grad| > gtol`` after the polish.
     """
     loss = graph if isinstance(graph, SkipGram) else objective(graph, **config)
-    mask = torch.ones(loss.n_units, dtype=loss.adj.dtype) if mask is None else check_mask(mask, loss.n_units)
+    mask = loss.adj.new_ones(loss.n_units) if mask is None else check_mask(mask, loss.n_units)
     start = init_params(loss.n_units, loss.dim, seed=seed, dtype=loss.adj.dtype) if init is None else init
     counts = loss.counts(mask)  # the counts do not depend on the parameters: compute them once
-    return minimise(lambda params, m: loss(params, m, counts), start, mask, gtol=gtol, max_iter=max_iter,
-                    newton_steps=newton_steps)
-
-
-NEWTON_LIMIT = 1000  # most parameters for which the Newton polish forms the dense Hessian
-
-
-def minimise(function: Callable, init: dict[str, torch.Tensor], mask: torch.Tensor, *, gtol: float = 1e-10,
-             max_iter: int = 3000, newton_steps: int = 50) -> dict[str, torch.Tensor]:
-    """Minimise ``function(params, mask)`` over params by L-BFGS, then a pseudo-inverse Newton polish.
-
-    Args:
-        function: scalar objective ``function(params, mask)`` (a skip-gram loss or a proximal response).
-        init: starting parameters (dict of tensors, not modified).
-        mask: the fixed mask passed to ``function``.
-        gtol: required ``max |grad|``. The skip-gram loss is a mean cross-entropy of order ``log n`` and
-            LOO changes of targets are of order 1e-3 to 1e-1, so 1e-10 makes them signal.
-        max_iter: L-BFGS iterations.
-        newton_steps: at most this many Newton steps after L-BFGS; the polish needs the dense Hessian
-            and is skipped above ``NEWTON_LIMIT`` parameters (L-BFGS must then reach ``gtol`` alone).
-
-    Returns:
-        The minimiser with the structure of ``init``, detached.
-
-    Raises:
-        ConvergenceError: ``max |grad| > gtol`` at the end.
-
-    Notes:
-        L-BFGS alone crawls along the shallow directions of this loss. Each polish step is
-        ``-sum_j (g . e_j / |lambda_j|) e_j`` over the Hessian's eigenpairs with ``|lambda_j|`` above
-        ``1e-9 * max |lambda|``: a pseudo-inverse, so the flat rotation directions are left alone, and the
-        absolute value turns negative curvature (a saddle) into descent; a backtracking line search follows.
-        ``vif.fit.newton`` is not used because its Cholesky step assumes a strict minimum (no flat directions).
-    """
-    theta, unflatten = flatten(init)
-
-    def flat(vector: torch.Tensor) -> torch.Tensor:
-        return function(unflatten(vector), mask)
-
-    steps = newton_steps if theta.numel() <= NEWTON_LIMIT else 0
-    theta = _newton_polish(flat, _lbfgs(flat, theta.clone(), gtol, max_iter), gtol, steps)
-    return {name: value.detach().clone() for name, value in unflatten(theta).items()}
-
-
-def _lbfgs(flat: Callable, theta: torch.Tensor, gtol: float, max_iter: int) -> torch.Tensor:
-    theta = theta.clone().requires_grad_(True)
-    optimiser = torch.optim.LBFGS([theta], lr=1.0, max_iter=max_iter, tolerance_grad=gtol,
-                                  tolerance_change=0.0, history_size=50, line_search_fn="strong_wolfe")
-
-    def closure() -> torch.Tensor:
-        optimiser.zero_grad()
-        value = flat(theta)
-        value.backward()
-        return value
-
-    optimiser.step(closure)
-    return theta.detach()
-
-
-def _newton_polish(flat: Callable, theta: torch.Tensor, gtol: float, steps: int) -> torch.Tensor:
-    gradient = grad(flat)
-    for _ in range(steps):
-        g = check_finite(gradient(theta), "the skip-gram gradient")
-        if float(g.abs().max()) <= gtol:
-            return theta
-        values, vectors = torch.linalg.eigh(hessian_matrix(flat, theta))
-        keep = values.abs() > 1e-9 * values.abs().max()
-        step = -vectors[:, keep] @ ((vectors[:, keep].T @ g) / values[keep].abs())
-        value, rate = flat(theta), 1.0
-        rounding = 16.0 * torch.finfo(theta.dtype).eps * abs(float(value))  # the objective's resolution
-        while rate > 1e-10 and not float(flat(theta + rate * step)) <= float(value + 1e-4 * rate * (g @ step)) + rounding:
-            rate *= 0.5
-        theta = theta + rate * step
-    g_max = float(gradient(theta).abs().max())
-    if g_max > gtol:
-        raise ConvergenceError(
-            f"skip-gram fit stopped with max|grad| = {g_max:.2e} > gtol = {gtol:.0e} after L-BFGS and {steps} Newton "
-            "steps; raise l2 (a flatter loss converges slowly), max_iter or newton_steps, or loosen gtol."
-        )
-    return theta
+    return saddle_free_newton(lambda params, m: loss(params, m, counts), start, mask, gtol=gtol,
+                              max_iter=max_iter, newton_steps=newton_steps)

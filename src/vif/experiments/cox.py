@@ -21,18 +21,18 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from torch.func import grad, vmap
+from torch.func import vmap
 
-from . import cox
-from .datasets.survival import DATASETS, SurvivalSplit, split
-from .fit import gradient_norm, newton
-from .influence import influence
-from .loo import leave_one_out
-from .metrics import correlations
-from .threads import torch_threads
+from ..datasets.survival import DATASETS, SurvivalSplit, split
+from ..fit import adam, gradient_norm
+from ..influence import influence
+from ..loo import leave_one_out
+from ..metrics import correlations, relative_error
+from ..tasks import cox
+from ..threads import torch_threads
 
-__all__ = ["CoxSetup", "setup", "estimate", "lifelines_delta_beta", "exact_loo", "adam", "paper_loo", "run",
-           "reproduce", "add_arguments", "speed", "relative_error", "EPOCHS", "QUICK_UNITS", "EPS_GRID"]
+__all__ = ["CoxSetup", "setup", "estimate", "lifelines_delta_beta", "exact_loo", "paper_loo", "run",
+           "reproduce", "add_arguments", "speed", "EPOCHS", "QUICK_UNITS", "EPS_GRID"]
 
 EPOCHS = {"support": 100, "rotterdam": 200, "metabric": 200, "gbsg2": 200}  # the paper's protocol
 QUICK_UNITS = 150  # LOO units under --quick (a seeded subsample of the training patients)
@@ -49,7 +49,8 @@ class CoxSetup:
         name: dataset name. data: the split. ties: tie method of every fit here.
         train: ``(x (n, p), time (n,), event (n,))`` the training patients used (standardised covariates).
         rows_train / rows_test: their rows in ``data.dataset.frame``.
-        objective: masked objective over the training patients (see :func:`vif.cox.objective`).
+        task: the Cox task over the training patients (:class:`vif.tasks.cox.CoxRegression`, Newton to
+            ``max|grad| <= 1e-9``); ``objective`` is its masked objective.
         beta_hat: exact fit ``(p,)``. target: ``beta -> (n_test + 1,)``: test relative hazards, then the
             test partial log-likelihood. units: training patients whose removal is studied ``(n_units,)``.
     """
@@ -60,10 +61,15 @@ class CoxSetup:
     train: tuple[np.ndarray, np.ndarray, np.ndarray]
     rows_train: np.ndarray
     rows_test: np.ndarray
-    objective: Any
+    task: cox.CoxRegression
     beta_hat: torch.Tensor
     target: Any
     units: torch.Tensor
+
+    @property
+    def objective(self) -> Any:
+        """``objective(beta, mask)`` of the task."""
+        return self.task.objective
 
     @property
     def n_train(self) -> int:
@@ -92,19 +98,19 @@ def setup(dataset: str, *, quick: bool, seed: int = 0, ties: str = "efron", n_tr
     if n_targets is not None and n_targets < len(x_test):
         rows_test = np.sort(rng.choice(len(x_test), n_targets, replace=False))
     train = (x[rows_train], time_[rows_train], event[rows_train])
-    objective = cox.objective(*train, ties=ties)
+    task = cox.CoxRegression(*train, ties=ties)
     n = len(rows_train)
-    beta_hat = newton(objective, torch.zeros(x.shape[1], dtype=torch.float64), torch.ones(n, dtype=torch.float64))
+    beta_hat = task.fit()
     hazard = cox.relative_hazard(x_test[rows_test])
     loglik = cox.log_partial_likelihood(x_test[rows_test], time_test[rows_test], event_test[rows_test], ties=ties)
 
     def target(beta: torch.Tensor) -> torch.Tensor:
         return torch.cat([hazard(beta), loglik(beta)[None]])
 
-    units = torch.arange(n)
+    units = torch.arange(n, device="cpu")
     if quick and n > QUICK_UNITS:
         units = torch.sort(torch.from_numpy(rng.choice(n, QUICK_UNITS, replace=False)))[0]
-    return CoxSetup(dataset, data, ties, train, data.rows_train[rows_train], data.rows_test[rows_test], objective,
+    return CoxSetup(dataset, data, ties, train, data.rows_train[rows_train], data.rows_test[rows_test], task,
                     beta_hat, target, units)
 
 
@@ -116,8 +122,8 @@ def _timed(function, *args, **kwargs):
 
 def estimate(problem: CoxSetup, *, method: str = "vif", eps: float = 1.0, units: torch.Tensor | None = None) -> torch.Tensor:
     """``vif.influence`` on the setup's targets: ``(n_units, n_test + 1)``, predicted ``f(beta_-i) - f(beta_hat)``."""
-    return influence(problem.objective, problem.beta_hat, problem.target, n_units=problem.n_train, method=method,
-                     eps=eps, units=problem.units if units is None else units)
+    return influence(problem.task, problem.beta_hat, problem.target, method=method, eps=eps,
+                     units=problem.units if units is None else units)
 
 
 def lifelines_delta_beta(problem: CoxSetup) -> torch.Tensor:
@@ -144,42 +150,23 @@ def lifelines_delta_beta(problem: CoxSetup) -> torch.Tensor:
     return delta @ jacobian.T
 
 
-def _refit(problem: CoxSetup):
-    def refit(mask: torch.Tensor, init: torch.Tensor | None) -> torch.Tensor:
-        return newton(problem.objective, problem.beta_hat if init is None else init, mask)
-
-    return refit
-
-
 def exact_loo(problem: CoxSetup, *, units: torch.Tensor | None = None, cache_dir: str | Path | None = None,
               progress: bool = False) -> torch.Tensor:
     """Actual ``f(beta_-i) - f(beta_hat)`` by warm-started Newton refits, ``(n_units, n_test + 1)``."""
-    return leave_one_out(_refit(problem), problem.beta_hat, problem.target, n_units=problem.n_train,
+    return leave_one_out(problem.task, problem.beta_hat, problem.target,
                          units=problem.units if units is None else units, warm_start=True, cache_dir=cache_dir,
-                         cache_key=f"cox-{problem.name}-{problem.ties}-newton", progress=progress,
-                         objective=problem.objective)
+                         cache_key=f"cox-{problem.name}-{problem.ties}-newton", progress=progress)
 
 
-def adam(objective, init: torch.Tensor, masks: torch.Tensor, *, epochs: int, lr: float = 0.01) -> torch.Tensor:
-    """Full-batch Adam from ``init`` for each mask (vectorised): ``masks (B, n) -> params (B, p)``.
-
-    The objective is divided by the number of events kept, as the paper's loss (mean over events).
-    Standard Adam (beta1 0.9, beta2 0.999, eps 1e-8, bias correction), ``epochs`` steps.
-    """
-    events = objective.data.event[torch.argsort(objective.data.order)]  # event indicators, input row order
+def _mean_loss(problem: CoxSetup):
+    """The paper's loss: the objective divided by the number of events kept (mean over events)."""
+    data = problem.task.data
+    events = data.event[torch.argsort(data.order)]  # event indicators, input row order
 
     def mean_loss(beta: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        return objective(beta, mask) / (mask * events).sum()
+        return problem.objective(beta, mask) / (mask * events).sum()
 
-    gradient = vmap(grad(mean_loss))
-    beta = init.expand(masks.shape[0], -1).clone()
-    first, second = torch.zeros_like(beta), torch.zeros_like(beta)
-    for step in range(1, epochs + 1):
-        g = gradient(beta, masks)
-        first = 0.9 * first + 0.1 * g
-        second = 0.999 * second + 0.001 * g * g
-        beta = beta - lr * (first / (1 - 0.9**step)) / (torch.sqrt(second / (1 - 0.999**step)) + 1e-8)
-    return beta
+    return mean_loss
 
 
 def paper_loo(problem: CoxSetup, units: torch.Tensor, *, seed: int, chunk_size: int = 64
@@ -191,16 +178,17 @@ def paper_loo(problem: CoxSetup, units: torch.Tensor, *, seed: int, chunk_size: 
     """
     p, n = problem.beta_hat.numel(), problem.n_train
     bound = 1 / math.sqrt(p)  # torch.nn.Linear's default initialisation
-    init = (torch.rand(p, generator=torch.Generator().manual_seed(seed), dtype=torch.float64) * 2 - 1) * bound
-    epochs = EPOCHS[problem.name]
-    full = adam(problem.objective, init, torch.ones(1, n, dtype=torch.float64), epochs=epochs)[0]
+    generator = torch.Generator().manual_seed(seed)
+    init = (torch.rand(p, generator=generator, dtype=torch.float64, device="cpu") * 2 - 1) * bound
+    epochs, loss = EPOCHS[problem.name], _mean_loss(problem)
+    full = adam(loss, init, torch.ones(1, n, dtype=torch.float64, device="cpu"), epochs=epochs, lr=0.01)[0]
     changes = []
     for chunk in torch.split(units, chunk_size):
-        masks = torch.ones(len(chunk), n, dtype=torch.float64)
-        masks[torch.arange(len(chunk)), chunk] = 0.0
-        refits = adam(problem.objective, init, masks, epochs=epochs)
+        masks = torch.ones(len(chunk), n, dtype=torch.float64, device="cpu")
+        masks[torch.arange(len(chunk), device="cpu"), chunk] = 0.0
+        refits = adam(loss, init, masks, epochs=epochs, lr=0.01)
         changes.append(vmap(problem.target)(refits) - problem.target(full))
-    grad_norm = gradient_norm(problem.objective, full, torch.ones(n, dtype=torch.float64))
+    grad_norm = gradient_norm(problem.objective, full, torch.ones(n, dtype=torch.float64, device="cpu"))
     return torch.cat(changes), full, grad_norm
 
 
@@ -210,11 +198,6 @@ def _corr(predicted: torch.Tensor, actual: torch.Tensor) -> dict[str, dict[str, 
     loglik = correlations(predicted[:, -1], actual[:, -1])
     return {"hazard": {"pearson": hazards.pearson, "spearman": hazards.spearman},
             "test_loglik": {"pearson": loglik.pearson, "spearman": loglik.spearman}}
-
-
-def relative_error(predicted: torch.Tensor, actual: torch.Tensor) -> float:
-    """``||predicted - actual||_F / ||actual||_F``: how far the estimates are from LOO in size, not just rank."""
-    return float(torch.linalg.norm(predicted - actual) / torch.linalg.norm(actual))
 
 
 def speed(dataset: str = "support", *, n_train: int, n_targets: int = 200, seed: int = 0,
@@ -269,13 +252,14 @@ def _run(dataset: str, *, quick: bool, seed: int, cache_dir: str | Path | None, 
     extrapolated = cache_dir is not None
     if extrapolated:
         n_timed = min(TIMING_UNITS, max(10, n_units // 10))
-        timing_units = units[torch.randperm(n_units, generator=torch.Generator().manual_seed(seed))[:n_timed]]
+        timing_units = units[torch.randperm(n_units, generator=torch.Generator().manual_seed(seed), device="cpu")[:n_timed]]
         _, t_part = _timed(exact_loo, problem, units=timing_units)
         t_loo = t_part * n_units / len(timing_units)
-    paper_units = units[torch.randperm(n_units, generator=torch.Generator().manual_seed(seed + 1))[:PAPER_UNITS[quick]]]
+    order = torch.randperm(n_units, generator=torch.Generator().manual_seed(seed + 1), device="cpu")
+    paper_units = units[order[:PAPER_UNITS[quick]]]
     paper, beta_adam, adam_grad = paper_loo(problem, paper_units, seed=seed)
     position = {int(u): k for k, u in enumerate(units)}
-    rows = torch.tensor([position[int(u)] for u in paper_units])
+    rows = torch.tensor([position[int(u)] for u in paper_units], device="cpu")
     _, t_one = _timed(paper_loo, problem, paper_units[:3], seed=seed, chunk_size=1)  # sequential, as in the paper
     t_paper = t_one / 3 * n_units
     eps_path = {}

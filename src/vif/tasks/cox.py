@@ -30,12 +30,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from .errors import InputError
-from .params import check_mask
+from ..errors import InputError
+from ..fit import newton
+from ..params import check_mask
 
 TIES = ("breslow", "efron")
 
-__all__ = ["TIES", "CoxData", "prepare", "objective", "fit", "relative_hazard", "log_partial_likelihood"]
+__all__ = ["TIES", "CoxData", "CoxRegression", "negative_log_partial_likelihood", "prepare", "objective", "fit",
+           "relative_hazard", "log_partial_likelihood"]
 
 
 @dataclass(frozen=True)
@@ -104,7 +106,7 @@ def prepare(X: Any, time: Any, event: Any) -> CoxData:
         raise InputError("event has no 1s: the Cox partial likelihood needs at least one observed event.")
     order = torch.argsort(t, stable=True)
     ts = t[order]
-    new_group = torch.ones(n, dtype=torch.bool)
+    new_group = torch.ones(n, dtype=torch.bool, device=t.device)
     new_group[1:] = ts[1:] != ts[:-1]
     group = torch.cumsum(new_group.long(), 0) - 1
     first = torch.nonzero(new_group).squeeze(1)
@@ -114,7 +116,15 @@ def prepare(X: Any, time: Any, event: Any) -> CoxData:
 
 def _negative_log_partial_likelihood(data: CoxData, beta: torch.Tensor, w: torch.Tensor, ties: str) -> torch.Tensor:
     """Summed negative partial log-likelihood for weights ``w`` in sorted order, shape ``(n,)``."""
-    eta = data.x @ beta
+    return negative_log_partial_likelihood(data, data.x @ beta, w, ties)
+
+
+def negative_log_partial_likelihood(data: CoxData, eta: torch.Tensor, w: torch.Tensor, ties: str) -> torch.Tensor:
+    """Summed negative partial log-likelihood of risk scores ``eta`` ``(n,)`` with case weights ``w`` ``(n,)``.
+
+    Both in **sorted** order (``data.order``); ``ties`` is ``"breslow"`` or ``"efron"``. The loss of any model
+    whose log-hazard is ``eta`` (a neural network's output, say); it is convex in ``eta``.
+    """
     shift = eta.detach().max()  # any constant works; the max keeps exp() <= 1 (no overflow)
     ew = w * torch.exp(eta - shift)
     risk = torch.flip(torch.cumsum(torch.flip(ew, (0,)), 0), (0,))[data.start]  # S_g of each position
@@ -187,25 +197,50 @@ def fit(X: Any, time: Any, event: Any, *, ties: str = "breslow", l2: float = 0.0
         vif.errors.ConvergenceError: ``max |grad| > gtol`` after ``max_iter`` iterations (e.g. separation:
             a covariate that perfectly orders the events has no finite maximiser; use ``l2 > 0``).
     """
-    from .fit import newton
-
-    loss = objective(X, time, event, ties=ties, l2=l2)
-    data: CoxData = loss.data  # type: ignore[attr-defined]
-    like = data.x
-    mask = torch.ones(data.n, dtype=like.dtype) if mask is None else mask.to(like.dtype)
-    start = torch.zeros(data.x.shape[1], dtype=like.dtype) if init is None else init.detach().to(like.dtype)
-    return newton(loss, start, mask, gtol=gtol, max_iter=max_iter)
+    return CoxRegression(X, time, event, ties=ties, l2=l2, gtol=gtol, max_iter=max_iter).fit(mask, init)
 
 
 def relative_hazard(X_test: Any, dtype: torch.dtype = torch.float64) -> Callable[[torch.Tensor], torch.Tensor]:
     """Target ``beta -> exp(X_test beta)``, the relative hazards of the test patients, shape ``(n_test,)``."""
     x = _as_tensor(X_test, "X_test", dtype)
-    return lambda beta: torch.exp(x @ beta)
+    return lambda beta: torch.exp(x.to(beta.device) @ beta)
 
 
 def log_partial_likelihood(X_test: Any, time: Any, event: Any, *, ties: str = "breslow"
                            ) -> Callable[[torch.Tensor], torch.Tensor]:
     """Target ``beta -> `` the (positive) partial log-likelihood of held-out patients, a scalar."""
     test_loss = objective(X_test, time, event, ties=ties)
-    full = torch.ones(test_loss.data.n, dtype=test_loss.data.x.dtype)  # type: ignore[attr-defined]
+    data = test_loss.data  # type: ignore[attr-defined]
+    full = torch.ones(data.n, dtype=data.x.dtype, device=data.x.device)
     return lambda beta: -test_loss(beta, full)
+
+
+class CoxRegression:
+    """The task contract (:class:`vif.task.Task`) for the masked Cox objective: patients are the units.
+
+    Args:
+        X, time, event, ties, l2: as in :func:`objective`.
+        gtol, max_iter: Newton tolerance on ``max|grad|`` of the summed objective, and iteration cap.
+    """
+
+    def __init__(self, X: Any, time: Any, event: Any, *, ties: str = "breslow", l2: float = 0.0,
+                 gtol: float = 1e-9, max_iter: int = 50) -> None:
+        self._objective = objective(X, time, event, ties=ties, l2=l2)
+        self.data: CoxData = self._objective.data  # type: ignore[attr-defined]
+        self.ties, self.l2, self.gtol, self.max_iter = ties, l2, gtol, max_iter
+
+    @property
+    def n_units(self) -> int:
+        """Patients."""
+        return self.data.n
+
+    def objective(self, beta: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Summed negative partial log-likelihood (plus ridge) with case weights ``mask`` (input row order)."""
+        return self._objective(beta, mask)
+
+    def fit(self, mask: torch.Tensor | None = None, init: torch.Tensor | None = None) -> torch.Tensor:
+        """Damped Newton from ``init`` (default zeros); raises ``ConvergenceError`` above ``gtol``."""
+        like = self.data.x
+        mask = torch.ones(self.n_units, dtype=like.dtype, device=like.device) if mask is None else mask.to(like.dtype)
+        start = like.new_zeros(like.shape[1]) if init is None else init.detach().to(like.dtype)
+        return newton(self._objective, start, mask, gtol=self.gtol, max_iter=self.max_iter)

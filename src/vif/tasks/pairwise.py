@@ -14,14 +14,15 @@ winner ``i`` (``l_i = sum_{j: y_j < y_i} ...``), which is what a naive decomposi
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-from .fit import newton
-from .params import check_mask
+from ..fit import newton
+from ..params import check_mask
 
-__all__ = ["objective", "fit", "pair_losses", "winner_losses"]
+__all__ = ["PairwiseRanking", "objective", "fit", "pair_losses", "winner_losses"]
 
 
 def pair_losses(weight: torch.Tensor, X: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -54,3 +55,29 @@ def fit(X: torch.Tensor, y: torch.Tensor, *, l2: float = 1.0, mask: torch.Tensor
     init = X.new_zeros(X.shape[1]) if init is None else init
     mask = X.new_ones(X.shape[0]) if mask is None else mask
     return newton(objective(X, y, l2=l2), init, mask, gtol=gtol)
+
+
+@dataclass
+class PairwiseRanking:
+    """The task contract (:class:`vif.task.Task`) for :func:`objective` / :func:`fit`: one unit per row of ``X``."""
+
+    X: torch.Tensor
+    y: torch.Tensor
+    l2: float = 1.0
+    gtol: float = 1e-10
+
+    def __post_init__(self) -> None:
+        self._objective = objective(self.X, self.y, l2=self.l2)
+
+    @property
+    def n_units(self) -> int:
+        """Items (rows of ``X``)."""
+        return int(self.X.shape[0])
+
+    def objective(self, weight: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Masked sum of pair losses plus the penalty."""
+        return self._objective(weight, mask)
+
+    def fit(self, mask: torch.Tensor | None = None, init: torch.Tensor | None = None) -> torch.Tensor:
+        """Newton from ``init`` (default zeros) to ``max|grad| <= gtol``."""
+        return fit(self.X, self.y, l2=self.l2, mask=mask, init=init, gtol=self.gtol)

@@ -12,21 +12,16 @@ loss the same estimate carries a factor ``1/n`` on both sides of ``H^-1 grad``; 
 
 from __future__ import annotations
 
-import argparse
-import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-from .datasets.tabular import breast_cancer
-from .fit import newton
-from .influence import influence
-from .loo import leave_one_out
-from .metrics import correlations
-from .params import check_mask
+from ..fit import newton
+from ..params import check_mask
 
-__all__ = ["DEFAULT_L2", "objective", "fit", "losses", "add_arguments", "reproduce"]
+__all__ = ["DEFAULT_L2", "LogisticRegression", "objective", "fit", "losses"]
 
 Params = dict[str, torch.Tensor]
 
@@ -63,43 +58,31 @@ def fit(X: torch.Tensor, y: torch.Tensor, *, l2: float = DEFAULT_L2, mask: torch
     return newton(objective(X, y, l2=l2), init, mask, gtol=gtol)
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """CLI options of ``python -m vif reproduce logistic``."""
-    parser.add_argument("--l2", type=float, default=DEFAULT_L2, help=f"L2 penalty on the weight (default {DEFAULT_L2:g})")
+@dataclass
+class LogisticRegression:
+    """The task contract (:class:`vif.task.Task`) for :func:`objective` / :func:`fit`: one unit per row of ``X``.
 
-
-def reproduce(*, quick: bool, seed: int, l2: float = DEFAULT_L2, cache_dir: str | None = None) -> dict:
-    """Koh & Liang's validation on breast cancer: VIF vs exact LOO on the test log-losses.
-
-    Returns a dict with sizes, mean Pearson/Spearman of VIF and IF against LOO, and seconds of each.
-    ``quick`` refits a seeded subset of 60 training points instead of all of them.
+    Attributes:
+        X: features ``(n, d)``. y: labels ``(n,)`` in {0, 1}. l2: penalty on the weight. gtol: fit tolerance.
     """
-    data = breast_cancer(seed=seed)
-    X, y = data.X_train, data.y_train
-    n = X.shape[0]
-    loss = objective(X, y, l2=l2)
-    theta = fit(X, y, l2=l2)
 
-    def target(params: Params) -> torch.Tensor:
-        return losses(params, data.X_test, data.y_test)
+    X: torch.Tensor
+    y: torch.Tensor
+    l2: float = DEFAULT_L2
+    gtol: float = 1e-10
 
-    units = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:60] if quick else None
-    seconds = {}
-    start = time.perf_counter()
-    predicted = influence(loss, theta, target, n_units=n, units=units)
-    seconds["vif"] = time.perf_counter() - start
-    start = time.perf_counter()
-    predicted_if = influence(loss, theta, target, n_units=n, units=units, method="if")
-    seconds["if"] = time.perf_counter() - start
-    start = time.perf_counter()
-    actual = leave_one_out(lambda mask, init: fit(X, y, l2=l2, mask=mask, init=init), theta, target,
-                           n_units=n, units=units, progress=False, cache_dir=cache_dir,
-                           cache_key=f"breast-cancer seed={seed} l2={l2}")
-    seconds["loo"] = time.perf_counter() - start
-    return {
-        "dataset": "breast_cancer", "n_train": n, "n_test": int(data.X_test.shape[0]),
-        "n_units_refitted": int(actual.shape[0]), "l2": l2,
-        "vif": correlations(predicted, actual).as_dict(),
-        "if": correlations(predicted_if, actual).as_dict(),
-        "seconds": seconds, "speedup_vif_vs_loo": seconds["loo"] / seconds["vif"],
-    }
+    def __post_init__(self) -> None:
+        self._objective = objective(self.X, self.y, l2=self.l2)
+
+    @property
+    def n_units(self) -> int:
+        """Training examples."""
+        return int(self.X.shape[0])
+
+    def objective(self, params: Params, mask: torch.Tensor) -> torch.Tensor:
+        """Masked summed log-loss plus the penalty."""
+        return self._objective(params, mask)
+
+    def fit(self, mask: torch.Tensor | None = None, init: Params | None = None) -> Params:
+        """Newton from ``init`` (default zeros) to ``max|grad| <= gtol``."""
+        return fit(self.X, self.y, l2=self.l2, mask=mask, init=init, gtol=self.gtol)

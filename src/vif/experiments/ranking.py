@@ -5,7 +5,7 @@ relevant set (mask-aware); a test query whose only relevant item is removed is e
 unmasked target (removed item left in the test lists) is computed too, to show why first-order
 estimates cannot follow it. Estimates: the paper's VIF, VIF with the removed item's own parameters held
 out of the step ("VIF-HO", ``unit_params`` in :func:`vif.influence`) and the infinitesimal IF. Ground
-truth: exact warm-started LOO refits (:func:`vif.ranking.loo_fit`, ``max|grad| <= 1e-10``). Used by
+truth: exact warm-started LOO refits (:class:`vif.tasks.ranking.ListwiseRanking` warm refits, ``max|grad| <= 1e-10``). Used by
 ``python -m vif reproduce ranking`` and by ``book/04_ranking.md``.
 """
 
@@ -20,15 +20,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import ranking
-from .datasets.ranking import RankingData, load
-from .fit import lbfgs
-from .hessian import cholesky_solver
-from .influence import influence
-from .loo import leave_one_out
-from .metrics import correlations
-from .params import flatten
-from .threads import torch_threads
+from ..datasets.ranking import RankingData, load
+from ..fit import lbfgs, minibatch_adam
+from ..influence import influence
+from ..loo import leave_one_out
+from ..metrics import correlations
+from ..params import flatten
+from ..solvers import CG, LiSSA, cholesky_solver
+from ..tasks import ranking
+from ..tasks.ranking_hessian import block_jacobi
+from ..threads import torch_threads
 
 __all__ = ["METHODS", "RankingSetup", "sizes", "setup", "estimate", "exact_loo", "compare", "backends", "timings",
            "adam_refit", "add_arguments", "reproduce"]
@@ -57,13 +58,18 @@ class RankingSetup:
     data: RankingData
     loss: str
     l2: float
-    objective: Any
+    task: ranking.ListwiseRanking
     params: dict
     target: Any
     unmasked: Any
     units: torch.Tensor
     valid: np.ndarray
     fit_seconds: float
+
+    @property
+    def objective(self) -> Any:
+        """``L(params, mask)`` of the task."""
+        return self.task.objective
 
     @property
     def key(self) -> str:
@@ -79,16 +85,18 @@ def setup(dataset: str, loss: str, *, quick: bool, seed: int = 0, l2: float = 5e
     """
     size = {**sizes(dataset, quick), **size_overrides}
     data = load(dataset, n_train=size["n_train"], n_test=size["n_test"], seed=seed)
+    task = ranking.ListwiseRanking(data.X_train, data.Y_train, loss=loss, l2=l2)
     start = time.perf_counter()
-    params = ranking.fit(data.X_train, data.Y_train, loss=loss, l2=l2)
+    params = task.fit()
     fit_seconds = time.perf_counter() - start
     n_items = data.n_items
     if size["n_units"] is None or size["n_units"] >= n_items:
-        units = torch.arange(n_items)
+        units = torch.arange(n_items, device="cpu")
     else:
-        units = torch.sort(torch.randperm(n_items, generator=torch.Generator().manual_seed(seed))[: size["n_units"]]).values
+        order = torch.randperm(n_items, generator=torch.Generator().manual_seed(seed), device="cpu")
+        units = torch.sort(order[: size["n_units"]]).values
     return RankingSetup(
-        data, loss, l2, ranking.objective(data.X_train, data.Y_train, loss=loss, l2=l2), params,
+        data, loss, l2, task, params,
         ranking.target(data.X_test, data.Y_test, loss=loss), ranking.target(data.X_test, data.Y_test, loss=loss, masked=False),
         units, ~ranking.emptied_queries(data.Y_test, units.numpy()), fit_seconds,
     )
@@ -102,13 +110,13 @@ def estimate(s: RankingSetup, *, method: str = "vif", masked: bool = True, held_
     (``unit_params=ranking.item_parameters(...)``, see :mod:`vif.influence`).
     """
     if hessian is None:
-        hessian = ranking.hessian(s.data.X_train, s.data.Y_train, s.params, loss=s.loss, l2=s.l2)
+        hessian = s.task.hessian(s.params)
     if held_out:
         options["unit_params"] = ranking.item_parameters(s.data.n_items, s.data.X_train.shape[1])
     # chunk_size=1: batching masks with vmap over (queries x items) tensors was slower on CPU (measured
     # 2.2 s with 1, 4.3 s with 8, 8.3 s with 101 masks per chunk at the Mediamill shape), and it bounds memory
-    return influence(s.objective, s.params, s.target if masked else s.unmasked, n_units=s.data.n_items,
-                     method=method, hessian=hessian, units=s.units, chunk_size=1, **options)
+    return influence(s.task, s.params, s.target if masked else s.unmasked, method=method, hessian=hessian,
+                     units=s.units, chunk_size=1, **options)
 
 
 def exact_loo(
@@ -116,11 +124,13 @@ def exact_loo(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Exact warm-started LOO: ``(masked, unmasked)`` actual changes of the test losses, each ``(n_units, n_test)``.
 
-    ``hessian``: the full-data Hessian or a solver for it, if already computed (see :func:`vif.ranking.loo_fit`).
+    ``hessian``: the full-data Hessian or a solver for it, if already computed (the task's warm refits reuse it,
+    see :class:`vif.tasks.ranking.ListwiseRanking`).
     """
-    fit = ranking.loo_fit(s.data.X_train, s.data.Y_train, s.params, loss=s.loss, l2=s.l2, full_hessian=hessian)
-    masked, thetas = leave_one_out(fit, s.params, s.target, n_units=s.data.n_items, units=s.units,
-                                   cache_dir=cache_dir, cache_key=s.key, progress=progress, return_params=True)
+    if hessian is not None:
+        s.task.use_hessian(s.params, hessian)
+    masked, thetas = leave_one_out(s.task, s.params, s.target, units=s.units, cache_dir=cache_dir, cache_key=s.key,
+                                   progress=progress, return_params=True)
     _, unflatten = flatten(s.params)
     baseline = s.unmasked(s.params)
     unmasked = torch.stack([s.unmasked(unflatten(theta)) - baseline for theta in thetas])
@@ -140,8 +150,7 @@ def compare(
     Hessian), ``loo_seconds`` (all exact refits; 0 when they come from the cache).
     """
     start = time.perf_counter()
-    H = ranking.hessian(s.data.X_train, s.data.Y_train, s.params, loss=s.loss, l2=s.l2)
-    solver = cholesky_solver(H)
+    solver = cholesky_solver(s.task.hessian(s.params))
     hessian_seconds = time.perf_counter() - start
     seconds, predicted = {}, {}
     for name, options in [("VIF", {}), ("VIF-HO", dict(held_out=True)), ("IF", dict(method="if"))]:
@@ -178,17 +187,18 @@ def backends(s: RankingSetup, *, max_iter: int = 200, tol: float = 1e-6) -> list
 
     rows = []
     start = time.perf_counter()
-    H = ranking.hessian(s.data.X_train, s.data.Y_train, s.params, loss=s.loss, l2=s.l2)
+    H = s.task.hessian(s.params)
     exact = estimate(s, hessian=H, held_out=True)
     rows.append({"backend": "exact (closed-form H, Cholesky)", "seconds": time.perf_counter() - start, "rel_error": 0.0})
     del H
-    jacobi = ranking.block_jacobi(s.data.X_train, s.data.Y_train, s.params, loss=s.loss, l2=s.l2)
-    for name, options in [("CG", dict(hessian="cg")), ("CG + block-Jacobi", dict(hessian="cg", preconditioner=jacobi)),
-                          ("LiSSA", dict(hessian="lissa"))]:
+    jacobi = block_jacobi(s.data.X_train, s.data.Y_train, s.params, loss=s.loss, l2=s.l2)
+    options = dict(tol=tol, max_iter=max_iter, on_nonconvergence="warn")
+    for name, spec in [("CG", CG(**options)), ("CG + block-Jacobi", CG(preconditioner=jacobi, **options)),
+                       ("LiSSA", LiSSA(**options))]:
         start = time.perf_counter()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            values = estimate(s, tol=tol, max_iter=max_iter, on_nonconvergence="warn", held_out=True, **options)
+            values = estimate(s, hessian=spec, held_out=True)
         error = float((values - exact).abs().max() / exact.abs().max())
         rows.append({"backend": name, "seconds": time.perf_counter() - start, "rel_error": error})
     return rows
@@ -197,16 +207,9 @@ def backends(s: RankingSetup, *, max_iter: int = 200, tol: float = 1e-6) -> list
 def adam_refit(s: RankingSetup, mask: torch.Tensor, *, epochs: int, seed: int = 0) -> dict:
     """The paper's protocol: Adam (lr 1e-3, weight decay 5e-4 in the objective), batch 128, cold start (zeros)."""
     X, R = s.data.X_train, s.data.Y_train
-    params = {name: value.clone().requires_grad_(True) for name, value in
-              ranking.init_params(X.shape[1], R.shape[1], X).items()}
-    optimizer = torch.optim.Adam(list(params.values()), lr=1e-3)
-    generator = torch.Generator().manual_seed(seed)
-    for _ in range(epochs):
-        for batch in torch.randperm(len(X), generator=generator).split(128):
-            optimizer.zero_grad()
-            ranking.objective(X[batch], R[batch], loss=s.loss, l2=s.l2)(params, mask).backward()
-            optimizer.step()
-    return {name: value.detach() for name, value in params.items()}
+    return minibatch_adam(lambda rows: ranking.objective(X[rows], R[rows], loss=s.loss, l2=s.l2),
+                          ranking.init_params(X.shape[1], R.shape[1], X), mask, n_rows=len(X), epochs=epochs,
+                          lr=1e-3, batch_size=128, seed=seed)
 
 
 def timings(s: RankingSetup, *, n_timed: int = 3, epochs: int = 20) -> dict[str, float]:
@@ -216,7 +219,7 @@ def timings(s: RankingSetup, *, n_timed: int = 3, epochs: int = 20) -> dict[str,
     ``n_timed`` items and scaled to ``len(units)``: warm-started L-BFGS (``vif.fit.lbfgs``, ``gtol = 1e-7``),
     warm-started Newton (:func:`vif.ranking.fit` from ``theta_hat``: closed-form Hessian rounds,
     ``gtol = 1e-10``), the paper's Adam protocol (``epochs`` epochs, cold start), and the exact refits of
-    the ground truth (:func:`vif.ranking.loo_fit`: L-BFGS preconditioned with the full-data Hessian,
+    the ground truth (:meth:`vif.tasks.ranking.ListwiseRanking.fit`: L-BFGS preconditioned with the full-data Hessian,
     ``gtol = 1e-10``; its one-off Hessian and factorisation are counted once). ``lbfgs_evaluations``: mean
     objective-and-gradient evaluations per warm L-BFGS refit.
     """
@@ -225,7 +228,8 @@ def timings(s: RankingSetup, *, n_timed: int = 3, epochs: int = 20) -> dict[str,
     result = {"vif": time.perf_counter() - start, "n_units": len(s.units)}
     X, R = s.data.X_train, s.data.Y_train
     start = time.perf_counter()
-    preconditioned = ranking.loo_fit(X, R, s.params, loss=s.loss, l2=s.l2)
+    preconditioned = ranking.ListwiseRanking(X, R, loss=s.loss, l2=s.l2)
+    preconditioned.use_hessian(s.params, preconditioned.hessian(s.params))
     setup_seconds = time.perf_counter() - start
     evaluations = [0]
 
@@ -237,13 +241,13 @@ def timings(s: RankingSetup, *, n_timed: int = 3, epochs: int = 20) -> dict[str,
         "lbfgs_loo": lambda mask: lbfgs(counted_objective, s.params, mask, gtol=1e-7, max_iter=5000),
         "newton_loo": lambda mask: ranking.fit(X, R, loss=s.loss, l2=s.l2, mask=mask, init=s.params),
         "adam_loo": lambda mask: adam_refit(s, mask, epochs=epochs),
-        "preconditioned_loo": lambda mask: preconditioned(mask, s.params),
+        "preconditioned_loo": lambda mask: preconditioned.fit(mask, s.params),
     }
     timed = s.units[:n_timed]
     for name, refit in protocols.items():
         start = time.perf_counter()
         for unit in timed:
-            mask = torch.ones(s.data.n_items, dtype=X.dtype)
+            mask = X.new_ones(s.data.n_items)
             mask[unit] = 0.0
             refit(mask)
         result[name] = (time.perf_counter() - start) / len(timed) * len(s.units)

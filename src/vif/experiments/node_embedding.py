@@ -29,16 +29,17 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from . import embedding
-from .datasets.graphs import GRAPHS, load_graph
-from .errors import InputError
-from .influence import influence
-from .loo import leave_one_out
-from .metrics import correlations
-from .params import flatten
-from .threads import torch_threads
+from ..datasets.graphs import GRAPHS, load_graph
+from ..errors import InputError
+from ..fit import NEWTON_LIMIT, saddle_free_newton
+from ..influence import influence
+from ..loo import leave_one_out
+from ..metrics import correlations
+from ..params import flatten
+from ..tasks import embedding
+from ..threads import torch_threads
 
-__all__ = ["Settings", "Setup", "Refit", "ProximalRefit", "pbrf_objective", "setup", "estimate",
+__all__ = ["Settings", "Setup", "ProximalResponse", "pbrf_objective", "setup", "estimate",
            "ground_truth", "compare", "run", "speed", "add_arguments", "reproduce"]
 
 GROUND_TRUTHS = ("warm", "cold", "pbrf")
@@ -105,7 +106,7 @@ class Setup:
     def valid(self) -> torch.Tensor:
         """(n_units, n_targets) bool: False where the removed node belongs to the target's pair."""
         both = torch.cat([self.pairs, self.links])
-        nodes = torch.arange(self.n_units)[:, None, None]
+        nodes = torch.arange(self.n_units, device=both.device)[:, None, None]
         return ~(both[None] == nodes).any(dim=2)
 
     @property
@@ -119,7 +120,7 @@ def _sample(candidates: torch.Tensor, size: int, seed: int) -> torch.Tensor:
     if size <= 0 or size >= len(candidates):
         return candidates
     generator = torch.Generator().manual_seed(seed)
-    return candidates[torch.randperm(len(candidates), generator=generator)[:size].sort().values]
+    return candidates[torch.randperm(len(candidates), generator=generator, device="cpu")[:size].sort().values]
 
 
 def setup(config: Settings) -> Setup:
@@ -127,27 +128,18 @@ def setup(config: Settings) -> Setup:
     graph = load_graph(config.graph, n_nodes=config.n_nodes, seed=config.seed)
     loss = embedding.objective(graph, dim=config.dim, window=config.window, walk_length=config.walk_length,
                                l2=config.l2, expected=config.expected, seed=config.seed)
+    loss.gtol = config.gtol  # every fit and refit of the task (cold starts use loss.seed = config.seed)
     start = time.perf_counter()
-    params = embedding.fit(loss, seed=config.seed, gtol=config.gtol)
+    params = loss.fit()
     seconds = time.perf_counter() - start
     n = loss.n_units
-    rows, cols = torch.meshgrid(torch.arange(n), torch.arange(n), indexing="ij")
+    nodes = torch.arange(n, device="cpu")
+    rows, cols = torch.meshgrid(nodes, nodes, indexing="ij")
     ordered = torch.stack([rows.reshape(-1), cols.reshape(-1)], dim=1)
     pairs = _sample(ordered[ordered[:, 0] != ordered[:, 1]], config.n_pairs, config.seed)
     links = _sample(ordered[ordered[:, 0] < ordered[:, 1]], config.n_links, config.seed + 1)
     return Setup(config, graph, loss, params, pairs, links, seconds,
                  embedding.pair_loss(pairs), embedding.link_score(links))
-
-
-class Refit:
-    """``fit(mask, init)`` for :func:`vif.leave_one_out`: retrain the skip-gram loss to ``max |grad| <= gtol``."""
-
-    def __init__(self, loss: embedding.SkipGram, seed: int, gtol: float = 1e-10) -> None:
-        self.loss, self.seed, self.gtol = loss, seed, gtol
-
-    def __call__(self, mask: torch.Tensor, init: dict[str, torch.Tensor] | None) -> dict[str, torch.Tensor]:
-        """Minimise ``L(., mask)`` from ``init`` (warm) or from the seeded cold start (``init=None``)."""
-        return embedding.fit(self.loss, mask=mask, init=init, seed=self.seed, gtol=self.gtol)
 
 
 def pbrf_objective(loss: embedding.SkipGram, params_s: dict[str, torch.Tensor], damping: float):
@@ -158,7 +150,7 @@ def pbrf_objective(loss: embedding.SkipGram, params_s: dict[str, torch.Tensor], 
     """
     theta_s, _ = flatten(params_s)
     scores_s = embedding.logits(params_s).detach().requires_grad_(True)
-    ones = torch.ones(loss.n_units, dtype=theta_s.dtype)
+    ones = torch.ones(loss.n_units, dtype=theta_s.dtype, device=theta_s.device)
     (output_gradient,) = torch.autograd.grad(loss.data_loss(scores_s, ones), scores_s)
     weight = loss.penalty_weight + damping
 
@@ -171,17 +163,29 @@ def pbrf_objective(loss: embedding.SkipGram, params_s: dict[str, torch.Tensor], 
     return objective
 
 
-class ProximalRefit:
-    """``fit(mask, init)`` minimising the PBRF objective at ``mask`` from ``params_s``."""
+class ProximalResponse:
+    """The PBRF as a task (:class:`vif.task.Task`).
+
+    ``fit(mask, init)`` minimises the PBRF objective at ``mask``, always from ``params_s`` (``init`` is
+    ignored), with the skip-gram fit's optimiser.
+    """
 
     def __init__(self, loss: embedding.SkipGram, params_s: dict[str, torch.Tensor], damping: float) -> None:
         self.loss, self.params_s, self.damping = loss, params_s, damping
-        self.objective = pbrf_objective(loss, params_s, damping)
+        self._objective = pbrf_objective(loss, params_s, damping)
+        self.n_units, self.gtol = loss.n_units, loss.gtol
 
-    def __call__(self, mask: torch.Tensor, init: dict[str, torch.Tensor] | None) -> dict[str, torch.Tensor]:
-        """Minimise the PBRF objective at ``mask``, always from ``params_s`` (``init`` is ignored)."""
+    def objective(self, params: dict[str, torch.Tensor], mask: torch.Tensor) -> torch.Tensor:
+        """The PBRF objective at ``mask``."""
+        return self._objective(params, mask)
+
+    def fit(self, mask: torch.Tensor | None = None, init: dict[str, torch.Tensor] | None = None
+            ) -> dict[str, torch.Tensor]:
+        """Minimise the PBRF objective at ``mask`` from ``params_s``."""
+        mask = torch.ones_like(self.loss.adj[0]) if mask is None else mask
         counts = self.loss.counts(mask)
-        return embedding.minimise(lambda params, m: self.objective(params, m, counts), self.params_s, mask)
+        return saddle_free_newton(lambda params, m: self._objective(params, m, counts), self.params_s, mask,
+                                  gtol=self.gtol)
 
 
 def estimate(problem: Setup, *, method: str = "vif", damping: float = 0.0, gauss_newton: bool = False,
@@ -201,10 +205,9 @@ def ground_truth(problem: Setup, kind: str, *, damping: float = 0.0, cache_dir=N
     """Actual target changes for every node, (n_units, n_targets): ``"warm"``, ``"cold"`` or ``"pbrf"``."""
     if kind not in GROUND_TRUTHS:
         raise InputError(f"kind must be one of {GROUND_TRUTHS}, got {kind!r}.")
-    fit = ProximalRefit(problem.loss, problem.params, damping) if kind == "pbrf" else Refit(
-        problem.loss, problem.settings.seed, problem.settings.gtol)
+    task = ProximalResponse(problem.loss, problem.params, damping) if kind == "pbrf" else problem.loss
     key = f"{problem.settings.key()}|{kind}|{damping!r}"
-    return leave_one_out(fit, problem.params, problem.target, n_units=problem.n_units, warm_start=kind != "cold",
+    return leave_one_out(task, problem.params, problem.target, warm_start=kind != "cold",
                          cache_dir=cache_dir, cache_key=key, progress=progress)
 
 
@@ -271,16 +274,16 @@ def speed(graph: str = "karate", *, n_nodes: int = 200, n_targets: int = 20, n_l
         n_loo: refits timed, warm and cold, on the first ``n_loo`` nodes (default all); the full LOO time
             is ``n`` times their mean (projected when ``n_loo < n``).
         gtol: ``max |grad|`` of the fit and of each refit; default 1e-10 with the dense Newton polish,
-            1e-8 above ``vif.embedding.NEWTON_LIMIT`` parameters (L-BFGS alone).
+            1e-8 above ``vif.fit.NEWTON_LIMIT`` parameters (L-BFGS alone).
 
     Returns:
         Dict with ``n_nodes``, ``n_params``, ``backend`` (``"pinv"``: dense Hessian and eigendecomposition,
-        up to ``vif.embedding.NEWTON_LIMIT`` parameters; else ``"cg"``, damping 0), seconds ``vif`` and
+        up to ``vif.fit.NEWTON_LIMIT`` parameters; else ``"cg"``, damping 0), seconds ``vif`` and
         ``if`` (all nodes), ``refit_warm`` / ``refit_cold`` (mean of one refit), ``loo_warm`` / ``loo_cold``
         (all nodes) and the ratios ``loo_cold/vif``, ``loo_warm/vif``, ``loo_cold/if``.
     """
     n = load_graph(graph, n_nodes=n_nodes, seed=seed).num_nodes
-    dense = 2 * n * Settings.dim <= embedding.NEWTON_LIMIT
+    dense = 2 * n * Settings.dim <= NEWTON_LIMIT
     backend = "pinv" if dense else "cg"
     gtol = (1e-10 if dense else 1e-8) if gtol is None else gtol
     config = settings(quick=True, graph=graph, n_nodes=n_nodes, seed=seed, n_pairs=1, n_links=n_targets,
@@ -289,15 +292,15 @@ def speed(graph: str = "karate", *, n_nodes: int = 200, n_targets: int = 20, n_l
     seconds = {}
     for method in ("vif", "if"):
         start = time.perf_counter()
-        influence(problem.loss, problem.params, problem.link_target, n_units=n, method=method, hessian=backend)
+        influence(problem.loss, problem.params, problem.link_target, method=method, hessian=backend)
         seconds[method] = time.perf_counter() - start
-    refit, timed = Refit(problem.loss, seed, gtol), range(n if n_loo is None else min(n_loo, n))
+    timed = range(n if n_loo is None else min(n_loo, n))
     for name, init in (("warm", problem.params), ("cold", None)):
         start = time.perf_counter()
         for unit in timed:
-            mask = torch.ones(n, dtype=torch.float64)
+            mask = torch.ones(n, dtype=torch.float64, device="cpu")
             mask[unit] = 0.0
-            refit(mask, init)
+            problem.loss.fit(mask, init)
         seconds[f"refit_{name}"] = (time.perf_counter() - start) / len(timed)
         seconds[f"loo_{name}"] = seconds[f"refit_{name}"] * n
     return {"graph": problem.graph.name, "n_nodes": n, "n_params": 2 * n * config.dim, "backend": backend,

@@ -1,0 +1,159 @@
+"""An objective at its minimiser, flattened and checked, with the masked gradient differences every route needs.
+
+Shared by :mod:`vif.influence` (and the trust diagnostics): one place validates the objective and the mask
+length and computes ``D = [g(1 - eps r) - g(1)] / eps`` (VIF) or ``D = -sum_j r_j d g / d m_j`` (IF) for
+removals ``r`` (:mod:`vif.removals`).
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+
+import torch
+from torch.func import grad, jacrev, jvp, vmap
+
+from .errors import InputError, NonFiniteError, VIFError
+from .params import Params, check_finite, flatten
+from .removals import Removals
+
+__all__ = ["Problem", "resolve_task", "takes_mask"]
+
+
+def resolve_task(objective: object, n_units: int | None) -> tuple[Callable, int, Callable | None]:
+    """Accept a task or a bare ``objective(params, mask)`` with ``n_units``.
+
+    Returns ``(objective, n_units, hook)``: a task's ``objective`` and ``n_units``, and its optional fast path
+    ``mask_gradient_differences`` (see :class:`vif.task.Task`), ``None`` for a bare objective.
+    """
+    task_objective = getattr(objective, "objective", None)
+    if callable(task_objective) and hasattr(objective, "n_units"):
+        hook = getattr(objective, "mask_gradient_differences", None)
+        return task_objective, objective.n_units if n_units is None else n_units, hook if callable(hook) else None
+    if n_units is None:
+        raise InputError("n_units is required with a bare objective(params, mask) (the length of the mask).")
+    return objective, n_units, None
+
+
+def takes_mask(target: Callable, override: bool | None) -> bool:
+    """Whether ``target`` is mask-aware: ``override``, else two required positional parameters."""
+    if override is not None:
+        return override
+    try:
+        signature = inspect.signature(target)
+    except (TypeError, ValueError):
+        return False
+    positional = [
+        p for p in signature.parameters.values()
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty
+    ]
+    return len(positional) >= 2
+
+
+class Problem:
+    """An objective at its minimiser, flattened, with the checks every entry point needs."""
+
+    def __init__(self, objective: Callable, params: Params, n_units: int, *, vectorize: bool,
+                 hook: Callable | None = None) -> None:
+        if not callable(objective):
+            raise InputError(f"objective must be callable as objective(params, mask), got {type(objective).__name__}.")
+        if isinstance(n_units, bool) or not isinstance(n_units, int) or n_units < 1:
+            raise InputError(f"n_units must be a positive int (the length of the mask), got {n_units!r}.")
+        self.objective = objective
+        self.theta, self.unflatten = flatten(params)
+        self.n_units = n_units
+        self.vectorize = vectorize
+        self.hook = hook  # a task's closed-form g(m) - g(1); autodiff below is the reference
+        self.ones = torch.ones(n_units, dtype=self.theta.dtype, device=self.theta.device)
+        value = self._call_checked(self.theta, self.ones)
+        if value.ndim != 0:
+            raise InputError(
+                f"objective(params, mask) must return a scalar tensor, got shape {tuple(value.shape)}; "
+                "sum or average the per-term losses."
+            )
+        check_finite(value, "objective(params, ones)", "The objective is not finite at params on the full data.")
+        self.full_gradient = check_finite(
+            grad(self.flat_objective)(self.theta, self.ones), "the gradient of the objective at params"
+        )
+        self.mask_jacobian: torch.Tensor | None = None
+
+    def _call_checked(self, theta: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        try:
+            value = self.flat_objective(theta, mask)
+        except VIFError:
+            raise
+        except (RuntimeError, IndexError, ValueError) as error:
+            raise InputError(
+                f"objective(params, mask) failed for a mask of shape ({self.n_units},): {error}. "
+                "Does n_units equal the number of units the objective was built for?"
+            ) from error
+        if not isinstance(value, torch.Tensor):
+            raise InputError(f"objective(params, mask) must return a torch.Tensor, got {type(value).__name__}.")
+        return value
+
+    def flat_objective(self, theta: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """``L(theta, mask)`` on the flat parameter vector."""
+        return self.objective(self.unflatten(theta), mask)
+
+    def full_objective(self, theta: torch.Tensor) -> torch.Tensor:
+        """``L(theta, 1)``: the function whose Hessian the solvers invert."""
+        return self.flat_objective(theta, self.ones)
+
+    def prefer_mask_jacobian(self, method: str, alternative_passes: int) -> None:
+        """For the IF, build ``d g / d m`` for all units at once when that takes fewer passes.
+
+        The Jacobian costs ``n_params`` reverse passes; the alternative costs one pass per removal or target.
+        """
+        n_params = self.theta.numel()
+        if method == "if" and self.vectorize and n_params < alternative_passes and n_params <= 4096:
+            self.mask_jacobian = jacrev(lambda mask: grad(self.flat_objective)(self.theta, mask), chunk_size=64)(self.ones)
+
+    def map(self, function: Callable, *batches: torch.Tensor) -> torch.Tensor:
+        """Apply ``function`` to rows of ``batches``: vmap, or a Python loop when ``vectorize=False``.
+
+        A batch of one row is evaluated directly: vmap's bookkeeping costs more than it saves there.
+        ``function`` may return a tensor or a tuple of tensors (stacked element-wise).
+        """
+        if not self.vectorize or batches[0].shape[0] == 1:
+            results = [function(*rows) for rows in zip(*batches)]
+            if isinstance(results[0], tuple):
+                return tuple(torch.stack(parts) for parts in zip(*results))
+            return torch.stack(results)
+        try:
+            return vmap(function)(*batches)
+        except RuntimeError as error:
+            if "vmap" not in str(error) and "batched" not in str(error).lower():
+                raise
+            raise InputError(
+                f"The objective or target cannot be vectorised over masks with torch.func.vmap ({error}). "
+                "Avoid .item(), in-place updates of inputs and Python branches on mask values, or pass "
+                "vectorize=False (slower: one unit at a time)."
+            ) from error
+
+    def gradient_differences(self, removals: Removals, rows: torch.Tensor, method: str, eps: float) -> torch.Tensor:
+        """``D`` of shape ``(len(rows), n_params)`` with ``delta_theta = -H^-1 D[row]`` (module notes)."""
+        if method == "if" and self.mask_jacobian is not None:
+            differences = -removals.combine(self.mask_jacobian.T, rows)
+        elif method == "vif" and self.hook is not None:
+            masks = self.ones - eps * removals.directions(rows)
+            differences = self.hook(self.unflatten(self.theta), masks) / eps
+        elif method == "vif":
+            gradient_at = grad(self.flat_objective)
+            masked = self.map(lambda mask: gradient_at(self.theta, mask), self.ones - eps * removals.directions(rows))
+            differences = (masked - self.full_gradient) / eps
+        else:
+            def mask_derivative(direction: torch.Tensor) -> torch.Tensor:
+                return jvp(lambda mask: grad(self.flat_objective)(self.theta, mask), (self.ones,), (direction,))[1]
+
+            differences = -self.map(mask_derivative, removals.directions(rows))
+        finite = torch.isfinite(differences).all(dim=1)
+        if not bool(finite.all()):
+            bad = [removals.label(int(row)).split()[1] for row in rows[~finite][:10]]
+            what = "with the unit removed" if method == "vif" else "differentiated with respect to the mask"
+            noun = "unit(s)" if removals.groups is None else "group(s)"
+            raise NonFiniteError(
+                f"The gradient of the objective {what} is not finite for {noun} {', '.join(bad)}"
+                f"{' ...' if int((~finite).sum()) > 10 else ''}. The objective must stay finite when any "
+                "unit is removed (e.g. guard empty risk sets or lists with torch.where)."
+            )
+        return differences
