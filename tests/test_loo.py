@@ -57,8 +57,9 @@ def test_resumes_from_the_cache_after_an_interruption(tmp_path):
             raise Interrupted  # the first run is interrupted at unit 7
         return fit(mask, init)
 
-    with pytest.raises(Interrupted):
-        vif.leave_one_out(failing_fit, BETA, target, n_units=N, cache_dir=tmp_path, progress=False)
+    with pytest.raises(vif.errors.RefitError, match="without unit 7 failed"):
+        vif.leave_one_out(failing_fit, BETA, target, n_units=N, cache_dir=tmp_path, progress=False,
+                          objective=objective)
     assert calls == list(range(8))
     calls.clear()
     resumed = vif.leave_one_out(failing_fit, BETA, target, n_units=N, cache_dir=tmp_path, progress=False,
@@ -66,7 +67,8 @@ def test_resumes_from_the_cache_after_an_interruption(tmp_path):
     assert calls == list(range(7, N))  # units 0-6 came from the cache
     assert torch.allclose(resumed, _by_hand(), atol=1e-12)
     calls.clear()
-    again = vif.leave_one_out(failing_fit, BETA, target, n_units=N, cache_dir=tmp_path, progress=False)
+    again = vif.leave_one_out(failing_fit, BETA, target, n_units=N, cache_dir=tmp_path, progress=False,
+                              objective=objective)
     assert calls == [] and torch.equal(again, resumed)
     saved = torch.load(next(tmp_path.glob("loo-*/unit-000008.pt")), weights_only=True)
     assert saved["meta"]["units"] == [8] and saved["meta"]["grad_norm"] < 1e-10
@@ -75,7 +77,8 @@ def test_resumes_from_the_cache_after_an_interruption(tmp_path):
 def test_cache_key_separates_different_configurations(tmp_path):
     vif.leave_one_out(fit, BETA, target, n_units=N, units=[0], cache_dir=tmp_path, cache_key="a", progress=False)
     vif.leave_one_out(fit, BETA, target, n_units=N, units=[0], cache_dir=tmp_path, cache_key="b", progress=False)
-    vif.leave_one_out(fit, BETA, target, n_units=N, units=[0], cache_dir=tmp_path, warm_start=False, progress=False)
+    vif.leave_one_out(fit, BETA, target, n_units=N, units=[0], cache_dir=tmp_path, warm_start=False, progress=False,
+                      objective=objective)
     assert len(list(tmp_path.glob("loo-*"))) == 3
 
 
