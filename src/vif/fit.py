@@ -20,7 +20,8 @@ from .errors import ConvergenceError, InputError
 from .hessian import hessian_matrix
 from .params import Params, check_finite, flatten
 
-__all__ = ["newton", "lbfgs", "gradient_norm", "default_gtol", "preconditioned_lbfgs", "saddle_free_newton", "adam", "minibatch_adam"]
+__all__ = ["newton", "lbfgs", "gradient_norm", "default_gtol", "preconditioned_lbfgs", "saddle_free_newton", "adam",
+           "minibatch_adam"]
 
 
 def _flat(objective: Callable, init: Params, mask: torch.Tensor):
