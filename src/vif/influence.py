@@ -90,12 +90,12 @@ class _Steps:
     """``delta_theta = -H^-1 D`` for chunks of removals, with ``unit_params`` held out when given."""
 
     def __init__(self, problem: Problem, removals: Removals, solve: Callable, unit_params: Sequence | None,
-                 method: str, eps: float, hessian: object) -> None:
+                 method: str, eps: float, hessian: object, chunk_size: int = 32) -> None:
         self.problem, self.removals, self.solve = problem, removals, solve
         self.own = own_parameters(unit_params, n_units=problem.n_units, n_params=problem.theta.numel(),
                                   method=method, eps=eps, hessian=hessian, device=problem.theta.device)
         if self.own is not None and len(removals):
-            check_decoupled_all(problem.flat_objective, problem.theta, problem.ones, removals, self.own)
+            check_decoupled_all(problem.flat_objective, problem.theta, problem.ones, removals, self.own, chunk_size)
 
     def __call__(self, rows: torch.Tensor, differences: torch.Tensor) -> torch.Tensor:
         if self.own is None:
@@ -162,7 +162,7 @@ def parameter_influence(
     check_chunk_size(chunk_size)
     problem, removals, solve = build_problem(objective, params, n_units, vectorize, units, groups, hessian, damping)
     check_stationary(problem, on_unconverged, stationarity_tol, "vif.parameter_influence")
-    steps = _Steps(problem, removals, solve, unit_params, method, eps, hessian)
+    steps = _Steps(problem, removals, solve, unit_params, method, eps, hessian, chunk_size)
     problem.prefer_mask_jacobian(method, len(removals))
     rows = [steps(chunk, differences) for chunk, differences in _chunks(problem, removals, method, eps, chunk_size)]
     return torch.cat(rows) if rows else problem.theta.new_zeros(0, problem.theta.numel())
@@ -241,7 +241,7 @@ def influence(
     check_finite(probe, "target(params)", "The target must be finite at params.")
     _check_target_gradient(flat_target, problem)
     n_targets = 1 if probe.ndim == 0 else probe.shape[0]
-    steps = _Steps(problem, removals, solve, unit_params, method, eps, hessian)
+    steps = _Steps(problem, removals, solve, unit_params, method, eps, hessian, chunk_size)
 
     if mask_aware or len(removals) <= n_targets or steps.own is not None:
         problem.prefer_mask_jacobian(method, len(removals))
