@@ -37,11 +37,12 @@ def _flat(objective: Callable, init: Params, mask: torch.Tensor):
     return theta.clone(), unflatten, function
 
 
-DEFAULT_GTOL = {"newton": {torch.float64: 1e-9, torch.float32: 1e-4}, "lbfgs": {torch.float64: 1e-7, torch.float32: 1e-4}}
+DEFAULT_GTOL = {"newton": {torch.float64: 1e-9, torch.float32: 1e-4}, "lbfgs": {torch.float64: 1e-7, torch.float32: 1e-4},
+                "saddle_free_newton": {torch.float64: 1e-10, torch.float32: 1e-4}}
 
 
 def default_gtol(method: str, dtype: torch.dtype) -> float:
-    """The default ``gtol`` of ``method`` (``"newton"``, ``"lbfgs"``) for parameters of ``dtype``.
+    """The default ``gtol`` of ``method`` (``"newton"``, ``"lbfgs"``, ``"saddle_free_newton"``) for ``dtype``.
 
     float32 resolves an objective to about ``1e-7`` of its size, so its gradients stop near ``1e-5``-``1e-4``
     on the package's objectives; float64 tolerances would never be met.
@@ -243,7 +244,7 @@ def preconditioned_lbfgs(
 NEWTON_LIMIT = 1000  # most parameters for which the saddle-free polish forms the dense Hessian
 
 
-def saddle_free_newton(function: Callable, init: Params, mask: torch.Tensor, *, gtol: float = 1e-10,
+def saddle_free_newton(function: Callable, init: Params, mask: torch.Tensor, *, gtol: float | None = None,
                        max_iter: int = 3000, newton_steps: int = 50, history_size: int = 50) -> Params:
     """Minimise ``function(params, mask)`` by L-BFGS, then a pseudo-inverse, saddle-free Newton polish.
 
@@ -254,7 +255,7 @@ def saddle_free_newton(function: Callable, init: Params, mask: torch.Tensor, *, 
         function: scalar objective ``function(params, mask)``.
         init: starting parameters (not modified).
         mask: the fixed mask passed to ``function``.
-        gtol: required ``max |grad|``.
+        gtol: required ``max |grad|``; default by dtype (``1e-10`` in float64, ``1e-4`` in float32).
         max_iter: L-BFGS iterations.
         newton_steps: at most this many Newton steps after L-BFGS; the polish needs the dense Hessian
             and is skipped above ``NEWTON_LIMIT`` parameters (L-BFGS must then reach ``gtol`` alone).
@@ -273,6 +274,7 @@ def saddle_free_newton(function: Callable, init: Params, mask: torch.Tensor, *, 
         descent; a backtracking line search follows.
     """
     theta, unflatten = flatten(init)
+    gtol = default_gtol("saddle_free_newton", theta.dtype) if gtol is None else gtol
 
     def flat(vector: torch.Tensor) -> torch.Tensor:
         return function(unflatten(vector), mask)
@@ -315,6 +317,7 @@ def _saddle_free_polish(flat: Callable, theta: torch.Tensor, gtol: float, steps:
         raise ConvergenceError(
             f"fit stopped with max|grad| = {g_max:.2e} > gtol = {gtol:.0e} after L-BFGS and {steps} Newton "
             "steps; raise the L2 penalty (a flatter loss converges slowly), max_iter or newton_steps, or loosen gtol."
+            + _precision_hint(theta.dtype, gtol)
         )
     return theta
 

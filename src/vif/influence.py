@@ -31,7 +31,6 @@ one reverse pass per target through ``m -> v_t . g(m)``, or one forward-over-rev
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from typing import TYPE_CHECKING
 
 import torch
 from torch.func import grad, jacrev, jvp, vjp
@@ -43,9 +42,7 @@ from .params import Params, check_finite
 from .problem import Problem, takes_mask
 from .removals import Removals
 from .solvers import RelativeDamping, SolverSpec
-
-if TYPE_CHECKING:
-    from .trust import TrustReport
+from .trust import TrustReport, trust
 
 METHODS = ("vif", "if")
 
@@ -252,8 +249,6 @@ def influence(
     result = result[:, 0] if probe.ndim == 0 else result
     if not diagnostics:
         return result
-    from .trust import trust  # trust builds on this module
-
     report = trust(original, params, target, n_units=n_units, hessian=hessian, damping=damping, units=units,
                    groups=groups, chunk_size=chunk_size, vectorize=vectorize, unit_params=unit_params,
                    target_takes_mask=mask_aware, on_unconverged="warn", stationarity_tol=float("inf"))
