@@ -77,8 +77,14 @@ def objective_fingerprint(objective: Callable, params: Params, n_units: int, n_m
     generator = torch.Generator(device="cpu").manual_seed(0)
     masks = [torch.ones(n_units, dtype=theta.dtype, device="cpu")]
     masks += [(torch.rand(n_units, generator=generator, device="cpu") < 0.5).to(theta.dtype) for _ in range(n_masks)]
+    values = []
     with torch.no_grad():
-        return [f"{float(objective(params, mask.to(theta.device))):.10g}" for mask in masks]
+        for mask in masks:
+            try:
+                values.append(f"{float(objective(params, mask.to(theta.device))):.10g}")
+            except Exception as error:  # noqa: BLE001 (a mask the objective rejects still identifies it)
+                values.append(f"error: {type(error).__name__}")
+    return values
 
 
 def _cache_folder(cache_dir: str | os.PathLike, theta: torch.Tensor, n_units: int, warm_start: bool,
