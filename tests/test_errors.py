@@ -290,3 +290,16 @@ def test_float32_fits_default_to_a_float32_tolerance_and_name_float32_when_too_t
 
     with pytest.raises(ConvergenceError, match="float32"):
         vif.fit.newton(noisy, torch.zeros(1), ones, gtol=1e-12)
+
+
+def test_the_unit_params_check_can_be_skipped_explicitly():
+    def per_unit(theta, mask):
+        residual = Y - X @ theta[:2] - theta[2:]
+        return 0.5 * (mask * residual.square()).sum() + 0.5 * theta.square().sum()
+
+    theta = vif.fit.newton(per_unit, torch.zeros(N + 2, dtype=torch.float64), torch.ones(N, dtype=torch.float64))
+    own = [[2 + unit] for unit in range(N)]
+    checked = vif.influence(per_unit, theta, lambda t: t[:2].sum(), n_units=N, unit_params=own)
+    unchecked = vif.influence(per_unit, theta, lambda t: t[:2].sum(), n_units=N, unit_params=own,
+                              check_unit_params=False)
+    assert torch.equal(checked, unchecked)

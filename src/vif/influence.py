@@ -87,11 +87,11 @@ class _Steps:
     """``delta_theta = -H^-1 D`` for chunks of removals, with ``unit_params`` held out when given."""
 
     def __init__(self, problem: Problem, removals: Removals, solve: Callable, unit_params: Sequence | None,
-                 method: str, eps: float, hessian: object, chunk_size: int = 32) -> None:
+                 method: str, eps: float, hessian: object, chunk_size: int = 32, check: bool = True) -> None:
         self.problem, self.removals, self.solve = problem, removals, solve
         self.own = own_parameters(unit_params, n_units=problem.n_units, n_params=problem.theta.numel(),
                                   method=method, eps=eps, hessian=hessian, device=problem.theta.device)
-        if self.own is not None and len(removals):
+        if self.own is not None and len(removals) and check:
             check_decoupled_all(problem.flat_objective, problem.theta, problem.ones, removals, self.own, chunk_size)
 
     def __call__(self, rows: torch.Tensor, differences: torch.Tensor) -> torch.Tensor:
@@ -114,6 +114,7 @@ def parameter_influence(
     chunk_size: int = 64,
     vectorize: bool = True,
     unit_params: Sequence | None = None,
+    check_unit_params: bool = True,
     on_unconverged: str = "raise",
     stationarity_tol: float | None = None,
 ) -> torch.Tensor:
@@ -143,7 +144,9 @@ def parameter_influence(
         unit_params: optional, one entry per unit: the flat indices of the parameters that unit alone uses
             (they leave the model with it). Its removal step then holds them fixed and uses the Schur
             complement of ``H`` on the rest (:mod:`vif.heldout`; VIF at ``eps = 1`` only). The claim is
-            checked for every removal used (one batched pass).
+            checked for every removal used (one Hessian-vector product of the masked objective per removal,
+            batched by ``chunk_size``; about the cost of the removal gradients themselves).
+        check_unit_params: ``False`` skips that check (only when the claim is known to hold, e.g. timed reruns).
         on_unconverged: ``"raise"`` (default) or ``"warn"`` when ``params`` is not a minimiser by the
             stationarity rule of :mod:`vif.checks` (``max|g(1)|`` against the typical gradient change of a removal).
         stationarity_tol: the rule's tolerance; default ``1e-4`` for float64, ``1e-2`` for float32 parameters.
@@ -159,7 +162,7 @@ def parameter_influence(
     check_chunk_size(chunk_size)
     problem, removals, solve = build_problem(objective, params, n_units, vectorize, units, groups, hessian, damping)
     check_stationary(problem, on_unconverged, stationarity_tol, "vif.parameter_influence")
-    steps = _Steps(problem, removals, solve, unit_params, method, eps, hessian, chunk_size)
+    steps = _Steps(problem, removals, solve, unit_params, method, eps, hessian, chunk_size, check_unit_params)
     problem.prefer_mask_jacobian(method, len(removals))
     rows = [steps(chunk, differences) for chunk, differences in _chunks(problem, removals, method, eps, chunk_size)]
     return torch.cat(rows) if rows else problem.theta.new_zeros(0, problem.theta.numel())
@@ -181,6 +184,7 @@ def influence(
     vectorize: bool = True,
     target_takes_mask: bool | None = None,
     unit_params: Sequence | None = None,
+    check_unit_params: bool = True,
     on_unconverged: str = "raise",
     stationarity_tol: float | None = None,
     diagnostics: bool = False,
@@ -195,7 +199,7 @@ def influence(
             (detected from its signature, or set ``target_takes_mask``), evaluated at ``m = 1 - r``
             for removal ``r``: use it when removing a unit changes what the target measures.
         n_units, method, hessian, damping, eps, units, groups, chunk_size, vectorize, unit_params,
-            on_unconverged, stationarity_tol: see :func:`parameter_influence`.
+            check_unit_params, on_unconverged, stationarity_tol: see :func:`parameter_influence`.
         target_takes_mask: override the signature detection. A target with two required positional
             parameters is taken to be mask-aware; declare ``target_takes_mask=False`` (and bind extra arguments
             with ``functools.partial``) when its second parameter is not the mask.
@@ -238,7 +242,7 @@ def influence(
     check_finite(probe, "target(params)", "The target must be finite at params.")
     _check_target_gradient(flat_target, problem)
     n_targets = 1 if probe.ndim == 0 else probe.shape[0]
-    steps = _Steps(problem, removals, solve, unit_params, method, eps, hessian, chunk_size)
+    steps = _Steps(problem, removals, solve, unit_params, method, eps, hessian, chunk_size, check_unit_params)
 
     if mask_aware or len(removals) <= n_targets or steps.own is not None:
         problem.prefer_mask_jacobian(method, len(removals))
@@ -251,7 +255,8 @@ def influence(
         return result
     report = trust(original, params, target, n_units=n_units, hessian=hessian, damping=damping, units=units,
                    groups=groups, chunk_size=chunk_size, vectorize=vectorize, unit_params=unit_params,
-                   target_takes_mask=mask_aware, on_unconverged="warn", stationarity_tol=float("inf"))
+                   check_unit_params=False, target_takes_mask=mask_aware, on_unconverged="warn",
+                   stationarity_tol=float("inf"))
     return result, report
 
 

@@ -104,6 +104,7 @@ def trust(
     chunk_size: int = 64,
     vectorize: bool = True,
     unit_params: Sequence | None = None,
+    check_unit_params: bool = True,
     threshold: float = RECOMMENDED_THRESHOLD,
     risk_threshold: float = RECOMMENDED_RISK,
     target_takes_mask: bool | None = None,
@@ -114,7 +115,8 @@ def trust(
 
     Args:
         objective, params, n_units, hessian, damping, units, groups, chunk_size, vectorize, unit_params,
-            on_unconverged, stationarity_tol: as in :func:`vif.influence` (use the same values as the estimate).
+            check_unit_params, on_unconverged, stationarity_tol: as in :func:`vif.influence`
+            (use the same values as the estimate).
         target: optional ``target(params)`` or mask-aware ``target(params, mask)``; gives ``correction``.
         threshold: ``newton`` above it is flagged (default :data:`RECOMMENDED_THRESHOLD`).
         risk_threshold: ``risk`` above it is unreliable (default :data:`RECOMMENDED_RISK`).
@@ -129,7 +131,7 @@ def trust(
     check_chunk_size(chunk_size)
     problem, removals, solve = build_problem(objective, params, n_units, vectorize, units, groups, hessian, damping)
     check_stationary(problem, on_unconverged, stationarity_tol, "vif.trust")
-    steps = _Steps(problem, removals, solve, unit_params, "vif", 1.0, hessian, chunk_size)
+    steps = _Steps(problem, removals, solve, unit_params, "vif", 1.0, hessian, chunk_size, check_unit_params)
     flat_target = _flat_target(problem, target, target_takes_mask)
     value_and_gradient = grad_and_value(problem.flat_objective)
     rows_out: list[tuple[torch.Tensor, ...]] = []
