@@ -103,3 +103,41 @@ def test_empty_files_and_bad_labels_are_clear_errors(tmp_path, body, message):
     path.write_text(("1 3 2\n" if body else "2 3 2\n") + body)
     with pytest.raises(InputError, match=message):
         data.read_xmc(path)
+
+
+@pytest.mark.parametrize("body, message", [
+    ("0 1:1e999\n", "line 2: .*non-finite"), ("0 7:0.5\n", "line 2: feature index 7"),
+    ("4 1:0.5\n", "line 2: label index 4"), ("-1 1:0.5\n", "line 2: label index -1"),
+])
+def test_xmc_values_and_indices_outside_the_header_name_the_line(tmp_path, body, message):
+    path = tmp_path / "Bad_data.txt"
+    path.write_text("1 3 2\n" + body)
+    with pytest.raises(InputError, match=message):
+        data.read_xmc(path)
+
+
+def test_xmc_empty_file_and_bad_encoding_name_the_file_and_line(tmp_path):
+    path = tmp_path / "Bad_data.txt"
+    path.write_bytes(b"")
+    with pytest.raises(InputError, match="line 1: the file is empty"):
+        data.read_xmc(path)
+    path.write_bytes(b"2 3 2\n0 1:0.5\n1 2:\xff\n")
+    with pytest.raises(InputError, match=r"Bad_data.txt, line 3: not UTF-8"):
+        data.read_xmc(path)
+
+
+def test_split_files_reject_indices_beyond_the_data_and_non_integers(tmp_path):
+    for body, message in (("1 2\n3 99\n", r"line 2: index \[3, 99\] outside \[1, 24\]"), ("1 2\nx 3\n", "line 2: split"),
+                          ("1 2\n0 3\n", "line 2"), ("", "empty")):
+        folder = tmp_path / f"case{len(list(tmp_path.iterdir()))}"
+        folder.mkdir()
+        for path in FIXTURE.iterdir():
+            (folder / path.name).write_bytes(path.read_bytes())
+        (folder / "mediamill_trSplit.txt").write_text(body)
+        with pytest.raises(InputError, match=message):
+            data.load_xmc(folder, n_train=6, n_test=4, n_components=2)
+
+
+def test_n_components_must_be_smaller_than_the_features():
+    with pytest.raises(InputError, match=r"n_components must be an int in \[1, 6\)"):
+        data.load_xmc(FIXTURE, n_train=6, n_test=4, n_components=6)

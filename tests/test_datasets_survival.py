@@ -84,3 +84,42 @@ def test_metabric_checksum_and_layout_errors(tmp_path):
     other.write_text("x")
     with pytest.raises(InputError, match="suffix"):
         survival.load_metabric(other)
+
+
+def _edited(tmp_path, line: int, column: int, value: str):
+    lines = FIXTURE.read_text().splitlines()
+    cells = lines[line - 1].split(",")
+    cells[column] = value
+    lines[line - 1] = ",".join(cells)
+    path = tmp_path / "metabric.csv"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.mark.parametrize("line, column, value, message", [
+    (4, 2, "abc", r"line 4: column 'x2' has the non-numeric or missing value 'abc'"),
+    (5, 0, "", r"line 5: column 'x0' has the non-numeric or missing value ''"),
+    (6, 9, "-3.5", r"line 6: a negative duration \(time = -3.5\)"),
+    (7, 10, "2", r"line 7: an event that is not 0 or 1 \(event = 2\)"),
+    (3, 8, "inf", r"line 3: column 'x8'"),
+])
+def test_metabric_rejects_bad_rows_naming_the_file_and_line(tmp_path, line, column, value, message):
+    path = _edited(tmp_path, line, column, value)
+    with pytest.raises(InputError, match=message) as error:
+        survival.load_metabric(path)
+    assert str(path) in str(error.value)
+
+
+def test_metabric_empty_header_only_and_bad_encoding(tmp_path):
+    path = tmp_path / "metabric.csv"
+    for content, message in ((b"", "is empty"), (FIXTURE.read_bytes().splitlines()[0] + b"\n", "no data rows"),
+                             (FIXTURE.read_bytes().replace(b"50.47", b"5\xff.47"), "line 2: not UTF-8")):
+        path.write_bytes(content)
+        with pytest.raises(InputError, match=message):
+            survival.load_metabric(path)
+
+
+def test_metabric_zero_durations_are_dropped_with_a_warning_naming_the_lines(tmp_path):
+    path = _edited(tmp_path, 4, 9, "0")
+    with pytest.warns(UserWarning, match=r"dropped 1 patient\(s\) with duration 0 \(lines 4\)"):
+        assert survival.load_metabric(path).n == 11

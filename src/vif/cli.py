@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -19,14 +20,38 @@ from . import experiments
 __all__ = ["main"]
 
 
+def _seed(text: str) -> int:
+    try:
+        seed = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer in [0, 2**32), got {text!r}") from None
+    if not 0 <= seed < 2**32:
+        raise argparse.ArgumentTypeError(f"must lie in [0, 2**32) (a numpy/torch seed), got {seed}")
+    return seed
+
+
+def _out(text: str) -> Path:
+    """A writable file path: not a folder, its parent creatable and writable (checked before any work)."""
+    path = Path(text)
+    if not text or text.endswith(("/", "\\")) or path.is_dir():
+        raise argparse.ArgumentTypeError(f"must be a file path for the JSON results, got the folder {text!r}")
+    parent = path.parent
+    existing = next((folder for folder in (parent, *parent.parents) if folder.exists()), Path("."))
+    if not existing.is_dir():
+        raise argparse.ArgumentTypeError(f"cannot create {parent}: {existing} is a file")
+    if not os.access(existing, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise argparse.ArgumentTypeError(f"{path} is not writable")
+    return path
+
+
 def _parser(experiment: str | None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m vif", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
     reproduce = commands.add_parser("reproduce", help="run a registered experiment and write its results as JSON")
     reproduce.add_argument("experiment", choices=experiments.names(), help="experiment name")
     reproduce.add_argument("--quick", action="store_true", help="small sizes (CI); default: the paper's sizes")
-    reproduce.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    reproduce.add_argument("--out", type=Path, required=True, help="path of the JSON results file to write")
+    reproduce.add_argument("--seed", type=_seed, default=0, help="random seed in [0, 2**32) (default 0)")
+    reproduce.add_argument("--out", type=_out, required=True, help="path of the JSON results file to write")
     commands.add_parser("list", help="list the registered experiments")
     if experiment in experiments.names():
         module = experiments.load(experiment)

@@ -43,3 +43,23 @@ class DatasetNotFoundError(VIFError, FileNotFoundError):
 
 class ConvergenceWarning(UserWarning):
     """An iterative solver did not reach its tolerance and ``on_nonconvergence="warn"`` was chosen."""
+
+
+class NotAMinimiserError(VIFError, ValueError):
+    """``params`` is not a minimiser of the objective (its gradient is large against a removal's effect)."""
+
+
+class UnconvergedWarning(UserWarning):
+    """``params`` fails the stationarity check and ``on_unconverged="warn"`` was chosen."""
+
+
+class RefitError(VIFError, RuntimeError):
+    """A leave-one-out refit failed; the message names the unit (or group) and the cause."""
+
+
+class CacheWarning(UserWarning):
+    """A leave-one-out cache entry was unreadable or written for another removal; it is recomputed."""
+
+
+class RefitWarning(UserWarning):
+    """Some leave-one-out refits failed and ``on_error="skip"`` was chosen; the failed removals are marked."""

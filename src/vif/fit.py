@@ -20,7 +20,8 @@ from .errors import ConvergenceError, InputError
 from .hessian import hessian_matrix
 from .params import Params, check_finite, flatten
 
-__all__ = ["newton", "lbfgs", "gradient_norm", "preconditioned_lbfgs", "saddle_free_newton", "adam", "minibatch_adam"]
+__all__ = ["newton", "lbfgs", "gradient_norm", "default_gtol", "preconditioned_lbfgs", "saddle_free_newton", "adam",
+           "minibatch_adam"]
 
 
 def _flat(objective: Callable, init: Params, mask: torch.Tensor):
@@ -36,6 +37,27 @@ def _flat(objective: Callable, init: Params, mask: torch.Tensor):
     return theta.clone(), unflatten, function
 
 
+DEFAULT_GTOL = {"newton": {torch.float64: 1e-9, torch.float32: 1e-4}, "lbfgs": {torch.float64: 1e-7, torch.float32: 1e-4},
+                "saddle_free_newton": {torch.float64: 1e-10, torch.float32: 1e-4}}
+
+
+def default_gtol(method: str, dtype: torch.dtype) -> float:
+    """The default ``gtol`` of ``method`` (``"newton"``, ``"lbfgs"``, ``"saddle_free_newton"``) for ``dtype``.
+
+    float32 resolves an objective to about ``1e-7`` of its size, so its gradients stop near ``1e-5``-``1e-4``
+    on the package's objectives; float64 tolerances would never be met.
+    """
+    return DEFAULT_GTOL[method].get(dtype, DEFAULT_GTOL[method][torch.float32])
+
+
+def _precision_hint(dtype: torch.dtype, gtol: float) -> str:
+    if dtype == torch.float64:
+        return ""
+    return (f" The parameters are {dtype}: its rounding (eps {torch.finfo(dtype).eps:.1e}) limits how small the "
+            f"gradient can get, so gtol = {gtol:.0e} may be out of reach: fit in float64 or use gtol >= "
+            f"{default_gtol('newton', dtype):.0e} (the {dtype} default).")
+
+
 def gradient_norm(objective: Callable, params: Params, mask: torch.Tensor) -> float:
     """Largest absolute entry of ``grad_params objective(params, mask)``: the convergence measure used here."""
     theta, _, function = _flat(objective, params, mask)
@@ -43,7 +65,7 @@ def gradient_norm(objective: Callable, params: Params, mask: torch.Tensor) -> fl
 
 
 def newton(
-    objective: Callable, init: Params, mask: torch.Tensor, *, gtol: float = 1e-9, max_iter: int = 100
+    objective: Callable, init: Params, mask: torch.Tensor, *, gtol: float | None = None, max_iter: int = 100
 ) -> Params:
     """Minimise by Newton's method with a backtracking (Armijo) line search.
 
@@ -55,7 +77,8 @@ def newton(
         objective: ``objective(params, mask) -> scalar``.
         init: starting parameters (tensor or dict of tensors); for leave-one-out, the full-data fit.
         mask: float tensor of the objective's mask shape.
-        gtol: stop when ``max|grad| <= gtol``.
+        gtol: stop when ``max|grad| <= gtol``; default by dtype (:func:`default_gtol`: ``1e-9`` in float64,
+            ``1e-4`` in float32).
         max_iter: iteration cap.
 
     Returns:
@@ -63,9 +86,11 @@ def newton(
 
     Raises:
         ConvergenceError: ``max|grad| > gtol`` after ``max_iter`` steps or when no step decreases the
-            objective; the message gives the iterations and gradient norm.
+            objective; the message gives the iterations and gradient norm (and names float32 as the likely
+            cause when the parameters are float32).
     """
     theta, unflatten, function = _flat(objective, init, mask)
+    gtol = default_gtol("newton", theta.dtype) if gtol is None else gtol
     gradient_of = grad(function)
     value = function(theta)
     for iteration in range(max_iter + 1):
@@ -91,12 +116,13 @@ def newton(
                 f"Newton stalled at iteration {iteration}: no step along the Newton direction decreases the "
                 f"objective, max|grad| = {norm:.3e} > gtol = {gtol:.1e}. This is the floating-point floor "
                 "of the objective: use float64, loosen gtol, or check the objective's gradient."
+                + _precision_hint(theta.dtype, gtol)
             )
         theta, value = candidate, new_value
     raise ConvergenceError(
         f"Newton did not converge in {max_iter} iterations: max|grad| = {norm:.3e} > gtol = {gtol:.1e}. "
         "Increase max_iter; if the parameters keep growing the minimum may not exist (e.g. separable data): "
-        "add an L2 penalty."
+        "add an L2 penalty." + _precision_hint(theta.dtype, gtol)
     )
 
 
@@ -116,7 +142,7 @@ def lbfgs(
     init: Params,
     mask: torch.Tensor,
     *,
-    gtol: float = 1e-7,
+    gtol: float | None = None,
     max_iter: int = 2000,
     history_size: int = 20,
 ) -> Params:
@@ -124,7 +150,7 @@ def lbfgs(
 
     Args:
         objective, init, mask: as in :func:`newton`.
-        gtol: stop when ``max|grad| <= gtol``.
+        gtol: stop when ``max|grad| <= gtol``; default by dtype (``1e-7`` in float64, ``1e-4`` in float32).
         max_iter: cap on L-BFGS iterations (over restarts).
         history_size: number of curvature pairs kept.
 
@@ -135,6 +161,7 @@ def lbfgs(
         ConvergenceError: ``max|grad| > gtol`` at the end; the message gives the gradient norm.
     """
     theta, unflatten, function = _flat(objective, init, mask)
+    gtol = default_gtol("lbfgs", theta.dtype) if gtol is None else gtol
     variable = theta.detach().clone().requires_grad_(True)
     optimizer = torch.optim.LBFGS(
         [variable], lr=1.0, max_iter=max_iter, max_eval=2 * max_iter, tolerance_grad=gtol,
@@ -162,6 +189,7 @@ def lbfgs(
         raise ConvergenceError(
             f"L-BFGS did not converge in {max_iter} iterations: max|grad| = {norm:.3e} > gtol = {gtol:.1e}. "
             "Increase max_iter, loosen gtol, or polish with vif.fit.newton (exact Hessian)."
+            + _precision_hint(theta.dtype, gtol)
         )
     return unflatten(variable.detach())
 
@@ -216,7 +244,7 @@ def preconditioned_lbfgs(
 NEWTON_LIMIT = 1000  # most parameters for which the saddle-free polish forms the dense Hessian
 
 
-def saddle_free_newton(function: Callable, init: Params, mask: torch.Tensor, *, gtol: float = 1e-10,
+def saddle_free_newton(function: Callable, init: Params, mask: torch.Tensor, *, gtol: float | None = None,
                        max_iter: int = 3000, newton_steps: int = 50, history_size: int = 50) -> Params:
     """Minimise ``function(params, mask)`` by L-BFGS, then a pseudo-inverse, saddle-free Newton polish.
 
@@ -227,7 +255,7 @@ def saddle_free_newton(function: Callable, init: Params, mask: torch.Tensor, *, 
         function: scalar objective ``function(params, mask)``.
         init: starting parameters (not modified).
         mask: the fixed mask passed to ``function``.
-        gtol: required ``max |grad|``.
+        gtol: required ``max |grad|``; default by dtype (``1e-10`` in float64, ``1e-4`` in float32).
         max_iter: L-BFGS iterations.
         newton_steps: at most this many Newton steps after L-BFGS; the polish needs the dense Hessian
             and is skipped above ``NEWTON_LIMIT`` parameters (L-BFGS must then reach ``gtol`` alone).
@@ -246,6 +274,7 @@ def saddle_free_newton(function: Callable, init: Params, mask: torch.Tensor, *, 
         descent; a backtracking line search follows.
     """
     theta, unflatten = flatten(init)
+    gtol = default_gtol("saddle_free_newton", theta.dtype) if gtol is None else gtol
 
     def flat(vector: torch.Tensor) -> torch.Tensor:
         return function(unflatten(vector), mask)
@@ -288,6 +317,7 @@ def _saddle_free_polish(flat: Callable, theta: torch.Tensor, gtol: float, steps:
         raise ConvergenceError(
             f"fit stopped with max|grad| = {g_max:.2e} > gtol = {gtol:.0e} after L-BFGS and {steps} Newton "
             "steps; raise the L2 penalty (a flatter loss converges slowly), max_iter or newton_steps, or loosen gtol."
+            + _precision_hint(theta.dtype, gtol)
         )
     return theta
 

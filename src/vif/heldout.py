@@ -20,7 +20,7 @@ from torch.func import grad, jvp
 
 from .errors import InputError
 
-__all__ = ["restrict_solution", "own_parameters", "held_out_steps"]
+__all__ = ["restrict_solution", "own_parameters", "held_out_steps", "check_decoupled", "check_decoupled_all"]
 
 OwnParameters = Callable[[torch.Tensor], torch.Tensor]
 
@@ -104,6 +104,46 @@ def check_decoupled(flat_objective: Callable, theta: torch.Tensor, mask: torch.T
             f"second derivative {coupling:.1e} against {scale:.1e} in their own block), so they do not leave "
             "the model with the unit. List only parameters that no other unit's terms use, or drop unit_params."
         )
+
+
+def check_decoupled_all(flat_objective: Callable, theta: torch.Tensor, ones: torch.Tensor, removals: object,
+                        own: OwnParameters, chunk_size: int = 32) -> None:
+    """:func:`check_decoupled` for every removal, batched: one forward-over-reverse pass per removal under vmap.
+
+    ``removals`` is a :class:`vif.removals.Removals`; ``own(members)`` the flat indices each one holds out.
+    Falls back to one removal at a time when the objective cannot be vectorised; ``chunk_size`` follows the
+    estimate's (``chunk_size=1``: no vmap). Cost: about one masked gradient per removal, i.e. roughly the cost
+    of the VIF differences themselves (measured 2.4 s for 20 items of the ranking chapter's quick setup).
+    """
+    def curvature(mask: torch.Tensor, direction: torch.Tensor) -> torch.Tensor:
+        return jvp(lambda t: grad(flat_objective)(t, mask), (theta,), (direction,))[1]
+
+    for rows in torch.split(torch.arange(len(removals), device=theta.device), chunk_size):
+        masks = ones - removals.directions(rows)
+        directions, owned = theta.new_zeros(len(rows), theta.numel()), []
+        for position, row in enumerate(rows.tolist()):
+            owned.append(own(removals.members(row)))
+            directions[position, owned[-1]] = torch.linspace(1.0, 2.0, len(owned[-1]), dtype=theta.dtype,
+                                                             device=theta.device)
+        try:
+            if len(rows) == 1:
+                raise RuntimeError("one removal: no vmap")
+            curvatures = torch.func.vmap(curvature)(masks, directions)
+        except RuntimeError:
+            curvatures = torch.stack([curvature(mask, direction) for mask, direction in zip(masks, directions)])
+        inside = directions.ne(0)
+        scale = torch.where(inside, curvatures.abs(), 0.0).amax(dim=1)
+        coupling = torch.where(inside, 0.0, curvatures.abs()).amax(dim=1)
+        bad = ~(coupling <= 1e-8 * scale.clamp_min(torch.finfo(theta.dtype).tiny))
+        if bool(bad.any()):
+            position = int(bad.nonzero()[0, 0])
+            row = int(rows[position])
+            raise InputError(
+                f"unit_params of {removals.label(row)} are still coupled to other parameters once it is removed "
+                f"(mixed second derivative {float(coupling[position]):.1e} against {float(scale[position]):.1e} in "
+                f"their own block; {int(bad.sum())} removal(s) in this chunk), so they do not leave the model with "
+                "the unit. List only parameters that no other unit's terms use, or drop unit_params."
+            )
 
 
 def held_out_steps(solve: Callable, differences: torch.Tensor, owned: list[torch.Tensor]) -> torch.Tensor:

@@ -35,18 +35,21 @@ from collections.abc import Callable, Iterator, Sequence
 import torch
 from torch.func import grad, jacrev, jvp, vjp
 
+from .checks import build_problem, check_chunk_size, check_stationary
 from .errors import InputError, MaskIgnoredError
-from .heldout import check_decoupled, held_out_steps, own_parameters
+from .heldout import check_decoupled_all, held_out_steps, own_parameters
 from .params import Params, check_finite
-from .problem import Problem, resolve_task, takes_mask
+from .problem import Problem, takes_mask
 from .removals import Removals
-from .solvers import SolverSpec, make_solver
+from .solvers import RelativeDamping, SolverSpec
+from .trust import TrustReport, trust
 
 METHODS = ("vif", "if")
 
 __all__ = ["influence", "parameter_influence", "METHODS"]
 
 Hessian = str | torch.Tensor | SolverSpec | Callable
+Damping = float | RelativeDamping
 
 
 def _validate_method(method: str, eps: float) -> None:
@@ -72,7 +75,7 @@ def _chunks(problem: Problem, removals: Removals, method: str, eps: float, chunk
     if every difference was exactly zero.
     """
     nonzero = False
-    for rows in torch.split(torch.arange(len(removals), device=problem.theta.device), max(1, chunk_size)):
+    for rows in torch.split(torch.arange(len(removals), device=problem.theta.device), chunk_size):
         differences = problem.gradient_differences(removals, rows, method, eps)
         nonzero = nonzero or bool(differences.ne(0).any())
         yield rows, differences
@@ -84,15 +87,12 @@ class _Steps:
     """``delta_theta = -H^-1 D`` for chunks of removals, with ``unit_params`` held out when given."""
 
     def __init__(self, problem: Problem, removals: Removals, solve: Callable, unit_params: Sequence | None,
-                 method: str, eps: float, hessian: object) -> None:
+                 method: str, eps: float, hessian: object, chunk_size: int = 32, check: bool = True) -> None:
         self.problem, self.removals, self.solve = problem, removals, solve
         self.own = own_parameters(unit_params, n_units=problem.n_units, n_params=problem.theta.numel(),
                                   method=method, eps=eps, hessian=hessian, device=problem.theta.device)
-        if self.own is not None and len(removals):
-            members = removals.members(0)
-            check_decoupled(problem.flat_objective, problem.theta, problem.ones - removals.directions(
-                torch.zeros(1, dtype=torch.long, device=problem.theta.device))[0], self.own(members),
-                removals.label(0))
+        if self.own is not None and len(removals) and check:
+            check_decoupled_all(problem.flat_objective, problem.theta, problem.ones, removals, self.own, chunk_size)
 
     def __call__(self, rows: torch.Tensor, differences: torch.Tensor) -> torch.Tensor:
         if self.own is None:
@@ -107,13 +107,16 @@ def parameter_influence(
     n_units: int | None = None,
     method: str = "vif",
     hessian: Hessian = "exact",
-    damping: float = 0.0,
+    damping: Damping = 0.0,
     eps: float = 1.0,
     units: Sequence[int] | torch.Tensor | None = None,
     groups: Sequence | torch.Tensor | None = None,
     chunk_size: int = 64,
     vectorize: bool = True,
     unit_params: Sequence | None = None,
+    check_unit_params: bool = True,
+    on_unconverged: str = "raise",
+    stationarity_tol: float | None = None,
 ) -> torch.Tensor:
     """Predicted parameter change ``theta_without_i - theta_hat`` for every unit (or group).
 
@@ -126,7 +129,9 @@ def parameter_influence(
         hessian: iHVP backend (see :func:`vif.solvers.make_solver`): ``"exact"``, ``"pinv"``, ``"cg"``,
             ``"lissa"``, a spec such as ``vif.solvers.CG(tol=1e-6, max_iter=500)``, a precomputed dense
             Hessian ``(n_params, n_params)``, or a ready solver ``B -> H^-1 B`` (factorise once, reuse).
-        damping: ``lambda`` in ``H + lambda I``.
+        damping: ``lambda`` in ``H + lambda I``: a number (absolute, in the units of the objective's
+            Hessian) or ``vif.solvers.relative(fraction)``, ``lambda = fraction * trace(H) / n_params``, which
+            means the same for a summed and a mean objective (see :class:`vif.solvers.RelativeDamping`).
         eps: step along the mask path ``1 - eps r``, in ``(0, 1]``; the difference is divided by
             ``eps``, so any ``eps`` predicts the full removal (``eps = 1`` is VIF, ``eps -> 0`` the IF).
         units: optional subset of unit indices (rows follow its order); default all units.
@@ -138,21 +143,26 @@ def parameter_influence(
         vectorize: ``False`` evaluates removals one at a time (for objectives vmap cannot batch).
         unit_params: optional, one entry per unit: the flat indices of the parameters that unit alone uses
             (they leave the model with it). Its removal step then holds them fixed and uses the Schur
-            complement of ``H`` on the rest (:mod:`vif.heldout`; VIF at ``eps = 1`` only).
+            complement of ``H`` on the rest (:mod:`vif.heldout`; VIF at ``eps = 1`` only). The claim is
+            checked for every removal used (one Hessian-vector product of the masked objective per removal,
+            batched by ``chunk_size``; about the cost of the removal gradients themselves).
+        check_unit_params: ``False`` skips that check (only when the claim is known to hold, e.g. timed reruns).
+        on_unconverged: ``"raise"`` (default) or ``"warn"`` when ``params`` is not a minimiser by the
+            stationarity rule of :mod:`vif.checks` (``max|g(1)|`` against the typical gradient change of a removal).
+        stationarity_tol: the rule's tolerance; default ``1e-4`` for float64, ``1e-2`` for float32 parameters.
 
     Returns:
         Tensor ``(n_removals, n_params)``, columns in the order of :func:`vif.params.flatten`.
 
     Raises:
         InputError: bad names, shapes or values; MaskIgnoredError; NonFiniteError;
-        NotPositiveDefiniteError; ConvergenceError (see the messages for remedies).
+        NotPositiveDefiniteError; ConvergenceError; NotAMinimiserError (see the messages for remedies).
     """
     _validate_method(method, eps)
-    objective, n_units, hook = resolve_task(objective, n_units)
-    problem = Problem(objective, params, n_units, vectorize=vectorize, hook=hook)
-    removals = Removals.select(problem.n_units, problem.theta, units, groups)
-    solve = make_solver(problem.full_objective, problem.theta, hessian, damping=damping)
-    steps = _Steps(problem, removals, solve, unit_params, method, eps, hessian)
+    check_chunk_size(chunk_size)
+    problem, removals, solve = build_problem(objective, params, n_units, vectorize, units, groups, hessian, damping)
+    check_stationary(problem, on_unconverged, stationarity_tol, "vif.parameter_influence")
+    steps = _Steps(problem, removals, solve, unit_params, method, eps, hessian, chunk_size, check_unit_params)
     problem.prefer_mask_jacobian(method, len(removals))
     rows = [steps(chunk, differences) for chunk, differences in _chunks(problem, removals, method, eps, chunk_size)]
     return torch.cat(rows) if rows else problem.theta.new_zeros(0, problem.theta.numel())
@@ -166,7 +176,7 @@ def influence(
     n_units: int | None = None,
     method: str = "vif",
     hessian: Hessian = "exact",
-    damping: float = 0.0,
+    damping: Damping = 0.0,
     eps: float = 1.0,
     units: Sequence[int] | torch.Tensor | None = None,
     groups: Sequence | torch.Tensor | None = None,
@@ -174,7 +184,11 @@ def influence(
     vectorize: bool = True,
     target_takes_mask: bool | None = None,
     unit_params: Sequence | None = None,
-) -> torch.Tensor:
+    check_unit_params: bool = True,
+    on_unconverged: str = "raise",
+    stationarity_tol: float | None = None,
+    diagnostics: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, TrustReport]:
     """Predicted change of ``target`` when each unit (or group) is removed: ``f(theta_without) - f(theta_hat)``.
 
     Args:
@@ -184,12 +198,17 @@ def influence(
         target: ``target(params) -> scalar or (n_targets,)``, or mask-aware ``target(params, mask)``
             (detected from its signature, or set ``target_takes_mask``), evaluated at ``m = 1 - r``
             for removal ``r``: use it when removing a unit changes what the target measures.
-        n_units, method, hessian, damping, eps, units, groups, chunk_size, vectorize, unit_params: see
-            :func:`parameter_influence`.
-        target_takes_mask: override the signature detection.
+        n_units, method, hessian, damping, eps, units, groups, chunk_size, vectorize, unit_params,
+            check_unit_params, on_unconverged, stationarity_tol: see :func:`parameter_influence`.
+        target_takes_mask: override the signature detection. A target with two required positional
+            parameters is taken to be mask-aware; declare ``target_takes_mask=False`` (and bind extra arguments
+            with ``functools.partial``) when its second parameter is not the mask.
+        diagnostics: also return a :class:`vif.trust.TrustReport` (per removal: does the quadratic model hold
+            along the VIF step; about twice the cost of the estimate; VIF at ``eps = 1`` only).
 
     Returns:
-        Tensor ``(n_removals,)`` for a scalar target, else ``(n_removals, n_targets)``.
+        Tensor ``(n_removals,)`` for a scalar target, else ``(n_removals, n_targets)``; with ``diagnostics``
+        the pair ``(estimates, report)``.
         Sign convention: ``influence[i] ~= f(theta_without_i) - f(theta_hat)``.
 
     Notes:
@@ -199,28 +218,31 @@ def influence(
     Raises:
         InputError: unknown method/backend, bad ``units``/``groups``, a target that is not a scalar or 1-D
         tensor, an objective that fails on a mask of length ``n_units``; MaskIgnoredError; NonFiniteError;
-        NotPositiveDefiniteError; ConvergenceError.
+        NotPositiveDefiniteError; ConvergenceError; NotAMinimiserError.
     """
     _validate_method(method, eps)
+    check_chunk_size(chunk_size)
+    if diagnostics and (method != "vif" or eps != 1.0):
+        raise InputError("diagnostics=True checks the VIF removal step: use method='vif' with eps=1.")
     if not callable(target):
         raise InputError(f"target must be callable as target(params) or target(params, mask), got {type(target).__name__}.")
-    objective, n_units, hook = resolve_task(objective, n_units)
-    problem = Problem(objective, params, n_units, vectorize=vectorize, hook=hook)
-    removals = Removals.select(problem.n_units, problem.theta, units, groups)
+    original = objective
+    problem, removals, solve = build_problem(objective, params, n_units, vectorize, units, groups, hessian, damping)
+    check_stationary(problem, on_unconverged, stationarity_tol, "vif.influence")
     mask_aware = takes_mask(target, target_takes_mask)
 
     def flat_target(theta: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         value = target(problem.unflatten(theta), mask) if mask_aware else target(problem.unflatten(theta))
         return value.reshape(-1) if value.ndim == 0 else value
 
-    probe = target(problem.unflatten(problem.theta), problem.ones) if mask_aware else target(problem.unflatten(problem.theta))
+    probe = _probe_target(target, problem, mask_aware, target_takes_mask)
     if not isinstance(probe, torch.Tensor) or probe.ndim > 1:
         shape = tuple(probe.shape) if isinstance(probe, torch.Tensor) else type(probe).__name__
         raise InputError(f"target must return a scalar or a 1-D tensor of targets, got {shape}; flatten it.")
     check_finite(probe, "target(params)", "The target must be finite at params.")
+    _check_target_gradient(flat_target, problem)
     n_targets = 1 if probe.ndim == 0 else probe.shape[0]
-    solve = make_solver(problem.full_objective, problem.theta, hessian, damping=damping)
-    steps = _Steps(problem, removals, solve, unit_params, method, eps, hessian)
+    steps = _Steps(problem, removals, solve, unit_params, method, eps, hessian, chunk_size, check_unit_params)
 
     if mask_aware or len(removals) <= n_targets or steps.own is not None:
         problem.prefer_mask_jacobian(method, len(removals))
@@ -228,7 +250,45 @@ def influence(
     else:
         problem.prefer_mask_jacobian(method, n_targets)
         result = _target_route(problem, removals, flat_target, solve, method, eps, chunk_size)
-    return result[:, 0] if probe.ndim == 0 else result
+    result = result[:, 0] if probe.ndim == 0 else result
+    if not diagnostics:
+        return result
+    report = trust(original, params, target, n_units=n_units, hessian=hessian, damping=damping, units=units,
+                   groups=groups, chunk_size=chunk_size, vectorize=vectorize, unit_params=unit_params,
+                   check_unit_params=False, target_takes_mask=mask_aware, on_unconverged="warn",
+                   stationarity_tol=float("inf"))
+    return result, report
+
+
+def _probe_target(target: Callable, problem: Problem, mask_aware: bool, declared: bool | None) -> object:
+    """``target`` at ``theta_hat`` (and the full mask); a detected mask-aware target that fails says how to declare it."""
+    params = problem.unflatten(problem.theta)
+    if not mask_aware:
+        return target(params)
+    try:
+        return target(params, problem.ones)
+    except (TypeError, RuntimeError, IndexError, ValueError) as error:
+        if declared is not None:
+            raise
+        raise InputError(
+            f"target has two required positional parameters, so it was taken to be mask-aware, target(params, "
+            f"mask), but calling it with the mask failed ({error}). If its second parameter is not the mask, pass "
+            "target_takes_mask=False and bind the other argument (functools.partial or a default value); if it is, "
+            "pass target_takes_mask=True and make it accept a float mask of shape (n_units,)."
+        ) from error
+
+
+def _check_target_gradient(flat_target: Callable, problem: Problem) -> None:
+    """Raise when the target's gradient at ``theta_hat`` is identically zero (detached, ``.item()``, constant)."""
+    value, pullback = vjp(lambda theta: flat_target(theta, problem.ones), problem.theta)
+    if bool(pullback(torch.ones_like(value))[0].ne(0).any()):  # one reverse pass; the Jacobian only if needed
+        return
+    if not bool(jacrev(flat_target)(problem.theta, problem.ones).ne(0).any()):
+        raise InputError(
+            "The target's gradient with respect to params is exactly zero at params, so every influence would be "
+            "0: does the target detach its input, call .item()/float()/numpy, or not depend on params? Compute it "
+            "with torch operations on params."
+        )
 
 
 def _removal_route(problem: Problem, removals: Removals, flat_target: Callable, steps: _Steps, method: str,
@@ -269,7 +329,7 @@ def _target_route(problem: Problem, removals: Removals, flat_target: Callable, s
 
             return grad(directional)(problem.ones)
 
-        per_unit = torch.cat([problem.map(all_units, block) for block in torch.split(solutions.T, max(1, chunk_size))]).T
+        per_unit = torch.cat([problem.map(all_units, block) for block in torch.split(solutions.T, chunk_size)]).T
         result = check_finite(removals.combine(per_unit), "the mask derivative of the objective's gradient")
         if len(removals) and not bool(result.ne(0).any()):
             raise _mask_ignored()

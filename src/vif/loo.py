@@ -14,6 +14,8 @@ import json
 import logging
 import os
 import time
+import uuid
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -22,43 +24,102 @@ import joblib
 import torch
 from tqdm import tqdm
 
-from .errors import InputError
+from .checks import build_problem, check_stationary
+from .errors import CacheWarning, InputError, RefitError, RefitWarning
 from .fit import gradient_norm
 from .params import Params, check_finite, flatten
 from .problem import takes_mask
 from .removals import as_groups
 from .task import is_task
 
-__all__ = ["leave_one_out"]
+__all__ = ["leave_one_out", "objective_fingerprint", "ON_ERROR"]
+
+ON_ERROR = ("raise", "skip")
 
 logger = logging.getLogger(__name__)
 
 
-def _fit_name(fit: Callable) -> str:
+def _simple(value: object) -> object:
+    """A JSON-able stand-in for a closure value or partial argument: numbers, strings, else the type name."""
+    if isinstance(value, bool | int | float | str) or value is None:
+        return value
+    return type(value).__name__  # containers and objects: their contents may change between calls
+
+
+def _fit_identity(fit: Callable) -> dict[str, Any]:
+    """The fit's qualified name, a hash of its code, and its simple closure values / partial arguments."""
     function = getattr(fit, "func", fit)  # functools.partial
-    return f"{getattr(function, '__module__', '?')}.{getattr(function, '__qualname__', type(function).__name__)}"
+    function = getattr(function, "__func__", function)  # bound method
+    code = getattr(function, "__code__", None)
+    cells = [cell.cell_contents for cell in (getattr(function, "__closure__", None) or ()) if _has_contents(cell)]
+    return {"name": f"{getattr(function, '__module__', '?')}.{getattr(function, '__qualname__', type(function).__name__)}",
+            "code": hashlib.sha256(code.co_code + repr(code.co_consts).encode()).hexdigest()[:16] if code else None,
+            "closure": [_simple(value) for value in cells],
+            "partial": [[_simple(value) for value in getattr(fit, "args", ())],
+                        sorted((key, _simple(value)) for key, value in (getattr(fit, "keywords", None) or {}).items())]}
+
+
+def _has_contents(cell: object) -> bool:
+    try:
+        cell.cell_contents  # noqa: B018 (an empty cell raises)
+    except ValueError:
+        return False
+    return True
+
+
+def objective_fingerprint(objective: Callable, params: Params, n_units: int, n_masks: int = 3) -> list[str]:
+    """The objective's values at ``theta_hat`` under the full mask and ``n_masks`` fixed random masks (10 digits).
+
+    Two objectives over different data (or with different hyper-parameters) give different values, so their
+    refits never share a cache folder. The masks come from a seeded CPU generator (half the units kept).
+    """
+    theta, _ = flatten(params)
+    generator = torch.Generator(device="cpu").manual_seed(0)
+    masks = [torch.ones(n_units, dtype=theta.dtype, device="cpu")]
+    masks += [(torch.rand(n_units, generator=generator, device="cpu") < 0.5).to(theta.dtype) for _ in range(n_masks)]
+    values = []
+    with torch.no_grad():
+        for mask in masks:
+            try:
+                values.append(f"{float(objective(params, mask.to(theta.device))):.10g}")
+            except Exception as error:  # noqa: BLE001 (a mask the objective rejects still identifies it)
+                values.append(f"error: {type(error).__name__}")
+    return values
 
 
 def _cache_folder(cache_dir: str | os.PathLike, theta: torch.Tensor, n_units: int, warm_start: bool,
-                  fit: Callable, cache_key: str | None) -> Path:
+                  fit: Callable, cache_key: str | None, fingerprint: list[str] | None) -> Path:
     digest = hashlib.sha256()
     digest.update(theta.detach().cpu().contiguous().numpy().tobytes())
-    description = {"n_units": n_units, "warm_start": warm_start, "fit": _fit_name(fit),
-                   "cache_key": cache_key, "dtype": str(theta.dtype), "n_params": theta.numel()}
+    description = {"n_units": n_units, "warm_start": warm_start, "fit": _fit_identity(fit),
+                   "cache_key": cache_key, "dtype": str(theta.dtype), "n_params": theta.numel(),
+                   "objective_fingerprint": fingerprint}
     digest.update(json.dumps(description, sort_keys=True).encode())
     folder = Path(cache_dir) / f"loo-{digest.hexdigest()[:20]}"
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "description.json").write_text(json.dumps(description, indent=2, sort_keys=True))
+    _atomic_write(folder / "description.json", lambda path: path.write_text(json.dumps(description, indent=2,
+                                                                                        sort_keys=True)))
     return folder
+
+
+def _atomic_write(path: Path, write: Callable[[Path], object]) -> None:
+    """Write through a temporary file unique to this process and call, then rename it over ``path``."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
+    try:
+        write(temporary)
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
 
 
 def _refit(fit: Callable, params: Params, removed: list[int], n_units: int, warm_start: bool,
            objective: Callable | None, gtol: float | None, threads: int | None
-           ) -> tuple[tuple[int, ...], torch.Tensor, dict[str, Any]]:
+           ) -> tuple[tuple[int, ...], torch.Tensor | None, dict[str, Any]]:
     """Refit without the units ``removed``; runs in a worker process. Returns (key, flat parameters, metadata).
 
     Metadata: the removed units, ``seconds``, ``grad_norm`` (``max|grad|`` of the objective at the refit, when
-    the objective is known) and ``converged`` (``grad_norm <= gtol`` when both are known, else ``None``).
+    the objective is known) and ``converged`` (``grad_norm <= gtol`` when both are known, else ``None``). A
+    failed refit returns ``None`` parameters and the error in ``meta["error"]``.
     """
     if threads is not None:
         torch.set_num_threads(threads)
@@ -66,12 +127,17 @@ def _refit(fit: Callable, params: Params, removed: list[int], n_units: int, warm
     mask = torch.ones(n_units, dtype=theta_hat.dtype, device=theta_hat.device)
     mask[removed] = 0.0
     start = time.perf_counter()
-    refitted = fit(mask, params if warm_start else None)
-    seconds = time.perf_counter() - start
-    theta, _ = flatten(refitted)
-    check_finite(theta, f"the parameters refitted without unit(s) {removed}")
-    meta: dict[str, Any] = {"units": removed, "warm_start": warm_start, "seconds": seconds,
-                            "grad_norm": None, "converged": None}
+    meta: dict[str, Any] = {"units": removed, "warm_start": warm_start, "grad_norm": None, "converged": None}
+    try:
+        refitted = fit(mask, params if warm_start else None)
+        theta, _ = flatten(refitted)
+        check_finite(theta, f"the parameters refitted without unit(s) {removed}")
+        if theta.shape != theta_hat.shape:
+            raise InputError(f"fit returned {theta.numel()} parameters, theta_hat has {theta_hat.numel()}.")
+    except Exception as error:  # noqa: BLE001 (reported to the caller with the unit, see on_error)
+        meta.update(seconds=time.perf_counter() - start, error=f"{type(error).__name__}: {error}")
+        return tuple(removed), None, meta
+    meta["seconds"] = time.perf_counter() - start
     if objective is not None:
         meta["grad_norm"] = gradient_norm(objective, refitted, mask)
         if gtol is not None:
@@ -86,9 +152,28 @@ def _entry_name(removed: tuple[int, ...]) -> str:
 
 
 def _save(path: Path, theta: torch.Tensor, meta: dict[str, Any]) -> None:
-    temporary = path.with_suffix(".tmp")
-    torch.save({"theta": theta, "meta": meta}, temporary)
-    os.replace(temporary, path)
+    _atomic_write(path, lambda temporary: torch.save({"theta": theta, "meta": meta}, temporary))
+
+
+def _load(path: Path, removed: tuple[int, ...], n_params: int) -> torch.Tensor | None:
+    """A cached refit, or ``None`` with a :class:`CacheWarning` naming the file.
+
+    ``None`` when the entry is unreadable, truncated, or written for another removal or parameter shape.
+    """
+    try:
+        entry = torch.load(path, weights_only=True)
+        theta, meta = entry["theta"], entry["meta"]
+        if not isinstance(theta, torch.Tensor) or theta.shape != (n_params,) or not theta.is_floating_point():
+            raise ValueError(f"parameters of shape {tuple(getattr(theta, 'shape', ()))}, expected ({n_params},)")
+        if [int(unit) for unit in meta["units"]] != list(removed):
+            raise ValueError(f"written for unit(s) {meta['units']}, expected {list(removed)}")
+        if not bool(torch.isfinite(theta).all()):
+            raise ValueError("non-finite parameters")
+    except Exception as error:  # noqa: BLE001 (any unreadable entry is recomputed)
+        warnings.warn(f"leave_one_out: cache entry {path} is unusable ({type(error).__name__}: {error}); "
+                      "recomputing it.", CacheWarning, stacklevel=3)
+        return None
+    return theta
 
 
 def _removal_sets(n_units: int, units: Sequence[int] | torch.Tensor | None, groups: Sequence | torch.Tensor | None
@@ -97,7 +182,9 @@ def _removal_sets(n_units: int, units: Sequence[int] | torch.Tensor | None, grou
         raise InputError("Pass units= (single removals) or groups= (group removals), not both.")
     if groups is not None:
         return [tuple(group.tolist()) for group in as_groups(groups, n_units, torch.device("cpu"))]
-    selected = list(range(n_units)) if units is None else [int(unit) for unit in torch.as_tensor(units).tolist()]
+    selected = list(range(n_units)) if units is None else [int(unit) for unit in torch.as_tensor(units).reshape(-1).tolist()]
+    if not selected:
+        raise InputError("units is empty; pass at least one unit index, or units=None for all units.")
     if any(unit < 0 or unit >= n_units for unit in selected):
         raise InputError(f"units must lie in [0, {n_units}).")
     return [(unit,) for unit in selected]
@@ -119,7 +206,10 @@ def leave_one_out(
     objective: Callable | None = None,
     target_takes_mask: bool | None = None,
     return_params: bool = False,
-) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    on_error: str = "raise",
+    on_unconverged: str = "raise",
+    stationarity_tol: float | None = None,
+) -> torch.Tensor | tuple[torch.Tensor, ...]:
     """Actual change ``target(theta_without_i) - target(theta_hat)`` by refitting without each unit (or group).
 
     Args:
@@ -131,23 +221,37 @@ def leave_one_out(
         target: ``target(params)`` or mask-aware ``target(params, mask)`` (scalar or ``(n_targets,)``); a
             mask-aware target is compared at the same mask: ``target(theta_-i, 1_-i) - target(theta_hat, 1_-i)``.
         n_units: length of the mask (taken from a task when omitted).
-        units: optional subset of units (rows follow its order); default all.
+        units: optional non-empty subset of units (rows follow its order); default all.
         groups: refit without whole groups instead (as in :func:`vif.influence`); not with ``units``.
         warm_start: start each refit from ``theta_hat`` (``True``) or from ``fit``'s cold start.
         n_jobs: joblib workers (``-1`` for all cores); each worker uses one torch thread.
-        cache_dir: folder for per-removal results; ``None`` disables caching. The cache key is the bytes of
-            ``theta_hat``, ``n_units``, ``warm_start``, the fit's qualified name and ``cache_key``: pass a
-            ``cache_key`` that names anything else the fit depends on (data version, hyper-parameters).
+        cache_dir: folder for per-removal results; ``None`` disables caching. The folder is keyed by the bytes
+            of ``theta_hat``, ``n_units``, ``warm_start``, the fit's identity (qualified name, a hash of its
+            code, its simple closure values and partial arguments), ``cache_key`` and, when the objective is
+            known (a task or ``objective=``), a fingerprint of the objective's values at ``theta_hat`` under the
+            full mask and three fixed random masks (:func:`objective_fingerprint`): refits of a different
+            dataset or objective never share entries. With a bare ``fit`` and no ``objective`` there is no
+            fingerprint, and caching then requires an explicit ``cache_key`` naming the data and settings.
+            Entries are written atomically under unique temporary names (several processes may share a
+            folder); an unreadable, truncated or foreign entry is recomputed with a :class:`CacheWarning`.
         cache_key: extra string mixed into the cache key.
         progress: show a tqdm progress bar.
-        objective: if given (or from a task), each refit's gradient norm is recorded in the cache metadata.
+        objective: if given (or from a task), each refit's gradient norm is recorded in the cache metadata,
+            ``params`` is checked to be a minimiser (see :mod:`vif.checks`) and the cache is fingerprinted.
         target_takes_mask: override the detection of a mask-aware target from its signature.
         return_params: also return the refitted flat parameters.
+        on_error: ``"raise"`` (default): a failed refit raises :class:`RefitError` naming the unit after the
+            refits already finished are cached; ``"skip"``: the other removals are returned, together with
+            a bool tensor ``failed`` ``(n_removals,)`` marking the failed ones (their rows are NaN) and a
+            :class:`RefitWarning` naming them.
+        on_unconverged, stationarity_tol: the stationarity check of ``params`` (as in :func:`vif.influence`).
 
     Returns:
         Tensor ``(n_removals,)`` for a scalar target, else ``(n_removals, n_targets)``; with
-        ``return_params`` also ``(n_removals, n_params)``.
+        ``return_params`` also ``(n_removals, n_params)``; with ``on_error="skip"`` also ``failed`` (last).
     """
+    if on_error not in ON_ERROR:
+        raise InputError(f"on_error must be one of {ON_ERROR}, got {on_error!r}.")
     gtol = None
     if is_task(fit):
         task = fit
@@ -159,13 +263,39 @@ def leave_one_out(
         raise InputError(f"n_units must be a positive int, got {n_units!r}.")
     theta_hat, unflatten = flatten(params)
     removals = _removal_sets(n_units, units, groups)
-    folder = None if cache_dir is None else _cache_folder(cache_dir, theta_hat, n_units, warm_start, fit, cache_key)
+    if objective is not None:
+        check_stationary(build_problem(objective, params, n_units, True, None, None, "exact", 0.0, solver=False)[0],
+                         on_unconverged, stationarity_tol, "vif.leave_one_out")
+    folder = None
+    if cache_dir is not None:
+        if objective is None and cache_key is None:
+            raise InputError(
+                "cache_dir with a bare fit and no objective cannot tell datasets apart: pass objective= (the cache "
+                "is then fingerprinted by its values) or a cache_key naming the data and settings."
+            )
+        fingerprint = None if objective is None else objective_fingerprint(objective, params, n_units)
+        folder = _cache_folder(cache_dir, theta_hat, n_units, warm_start, fit, cache_key, fingerprint)
+    refitted, failures = _run_refits(fit, params, removals, n_units, warm_start, objective, gtol, n_jobs, folder,
+                                     progress, on_error)
+    result, thetas = _changes(target, target_takes_mask, removals, refitted, theta_hat, unflatten, n_units)
+    failed = torch.tensor([removed in failures for removed in removals], dtype=torch.bool, device="cpu")
+    outputs = (result, thetas) if return_params else (result,)
+    if on_error == "skip":
+        return (*outputs, failed)
+    return outputs if return_params else result
+
+
+def _run_refits(fit: Callable, params: Params, removals: list[tuple[int, ...]], n_units: int, warm_start: bool,
+                objective: Callable | None, gtol: float | None, n_jobs: int, folder: Path | None, progress: bool,
+                on_error: str) -> tuple[dict[tuple[int, ...], torch.Tensor], dict[tuple[int, ...], str]]:
+    """Load cached refits, run the rest (saving each as it finishes); returns ``(refitted, failures)``."""
+    theta_hat, _ = flatten(params)
     refitted: dict[tuple[int, ...], torch.Tensor] = {}
     if folder is not None:
-        for removed in removals:
+        for removed in dict.fromkeys(removals):
             path = folder / _entry_name(removed)
-            if path.exists():
-                refitted[removed] = torch.load(path, weights_only=True)["theta"]
+            if path.exists() and (theta := _load(path, removed, theta_hat.numel())) is not None:
+                refitted[removed] = theta
         if refitted:
             logger.info("leave_one_out: %d of %d refits loaded from %s", len(refitted), len(removals), folder)
     todo = [removed for removed in dict.fromkeys(removals) if removed not in refitted]
@@ -173,15 +303,37 @@ def leave_one_out(
     jobs = (joblib.delayed(_refit)(fit, params, list(removed), n_units, warm_start, objective, gtol, threads)
             for removed in todo)
     results = joblib.Parallel(n_jobs=n_jobs, return_as="generator_unordered")(jobs) if todo else []
+    failures: dict[tuple[int, ...], str] = {}
     for removed, theta, meta in tqdm(results, total=len(todo), disable=not progress or not todo, desc="LOO refits"):
+        if theta is None:
+            name = f"unit {removed[0]}" if len(removed) == 1 else f"group {list(removed)}"
+            if on_error == "raise":
+                raise RefitError(f"leave_one_out: the refit without {name} failed ({meta['error']}). Refits finished "
+                                 "so far are cached; fix the fit or pass on_error='skip' to get the others.")
+            failures[removed] = meta["error"]
+            continue
         refitted[removed] = theta
         if folder is not None:
             _save(folder / _entry_name(removed), theta, meta)
+    if failures:
+        warnings.warn(f"leave_one_out: {len(failures)} refit(s) failed and are marked in `failed` (NaN rows): "
+                      + "; ".join(f"{list(key)}: {error}" for key, error in list(failures.items())[:5]),
+                      RefitWarning, stacklevel=3)
+    return refitted, failures
 
+
+def _changes(target: Callable, target_takes_mask: bool | None, removals: list[tuple[int, ...]],
+             refitted: dict[tuple[int, ...], torch.Tensor], theta_hat: torch.Tensor, unflatten: Callable,
+             n_units: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Target changes ``(n_removals, ...)`` and refitted parameters; NaN rows for removals not in ``refitted``."""
     mask_aware = takes_mask(target, target_takes_mask)
     baseline = None if mask_aware else target(unflatten(theta_hat))
     changes, thetas = [], []
     for removed in removals:
+        if removed not in refitted:
+            changes.append(None)
+            thetas.append(torch.full_like(theta_hat, float("nan")))
+            continue
         theta = refitted[removed].to(dtype=theta_hat.dtype, device=theta_hat.device)
         if mask_aware:
             mask = torch.ones(n_units, dtype=theta_hat.dtype, device=theta_hat.device)
@@ -191,5 +343,9 @@ def leave_one_out(
             change = target(unflatten(theta)) - baseline
         changes.append(check_finite(change.detach(), f"the target change after removing unit(s) {list(removed)}"))
         thetas.append(theta)
-    result = torch.stack(changes)
-    return (result, torch.stack(thetas)) if return_params else result
+    template = next((change for change in changes if change is not None), None)
+    if template is None:
+        template = (target(unflatten(theta_hat), torch.ones(n_units, dtype=theta_hat.dtype, device=theta_hat.device))
+                    if mask_aware else baseline).detach()
+    changes = [torch.full_like(template, float("nan")) if change is None else change for change in changes]
+    return torch.stack(changes), torch.stack(thetas)

@@ -69,6 +69,11 @@ def _check_float(tensor: object, name: str) -> None:
         raise InputError(f"{name} must be a torch.Tensor, got {type(tensor).__name__}.")
     if not tensor.is_floating_point():
         raise InputError(f"{name} has dtype {tensor.dtype}; influence needs float32 or float64 parameters.")
+    if tensor.dtype in (torch.float16, torch.bfloat16):
+        raise InputError(
+            f"{name} has dtype {tensor.dtype}; half precision cannot resolve the small gradient changes influence "
+            "measures. vif supports float64 (recommended) and float32: pass params.to(torch.float64) (and data)."
+        )
     if tensor.numel() == 0:
         raise InputError(f"{name} is empty (shape {tuple(tensor.shape)}).")
 

@@ -46,6 +46,8 @@ __all__ = [
     "lissa_solve",
     "make_solver",
     "pinv_solver",
+    "RelativeDamping",
+    "relative",
 ]
 
 
@@ -68,6 +70,7 @@ class Solve:
     def __init__(self, function: Callable[[torch.Tensor], tuple[torch.Tensor, int, float | None]], backend: str):
         self._function = function
         self.report = SolveReport(backend)
+        self.damping: float | None = None  # the absolute damping used (set by make_solver)
 
     def __call__(self, rhs: torch.Tensor) -> torch.Tensor:
         """Solve for ``rhs`` of shape ``(n_params,)`` or ``(n_params, k)``; same shape out."""
@@ -251,6 +254,49 @@ class LiSSA:
                      "lissa")
 
 
+@dataclass(frozen=True)
+class RelativeDamping:
+    """Damping given relative to the Hessian's scale: ``lambda = fraction * trace(H) / n_params``.
+
+    An absolute ``damping=1e-3`` means very different things for a summed objective (``H`` grows with the
+    number of units) and for a mean; ``damping=vif.solvers.relative(1e-3)`` means the same for both (one
+    thousandth of the Hessian's mean eigenvalue). The trace is exact when the backend builds the dense
+    Hessian (``"exact"``, ``"pinv"``, a dense tensor); for ``"cg"``/``"lissa"`` it is a Hutchinson estimate
+    from ``probes`` seeded Rademacher vectors on the backend's operator (one batched product). The absolute
+    value used is on the solver: ``solve.damping``.
+    """
+
+    fraction: float
+    probes: int = 64
+
+    def __post_init__(self) -> None:
+        if isinstance(self.fraction, bool) or not isinstance(self.fraction, int | float) or not self.fraction >= 0:
+            raise InputError(f"relative damping must be a fraction >= 0, got {self.fraction!r}.")
+
+    def resolve(self, source: HessianSource, backend: object) -> float:
+        """The absolute damping ``fraction * trace(H) / n_params`` for ``backend``'s operator."""
+        n = source.theta.numel()
+        operator = getattr(backend, "operator", None)
+        if operator is None and (source.matrix is not None or isinstance(backend, Exact | PseudoInverse)):
+            trace = float(source.dense().diagonal().sum())
+        else:
+            generator = torch.Generator(device="cpu").manual_seed(0)
+            signs = torch.randint(0, 2, (n, self.probes), generator=generator, device="cpu")
+            probes = (2.0 * signs - 1.0).to(dtype=source.theta.dtype, device=source.theta.device)
+            products = (operator or source.matvec)(probes)
+            trace = float((probes * products).sum() / self.probes)
+        if not trace > 0:
+            raise NotPositiveDefiniteError(
+                f"relative damping needs trace(H) > 0, got {trace:.3e}: is params a minimiser? Pass an absolute damping."
+            )
+        return self.fraction * trace / n
+
+
+def relative(fraction: float, probes: int = 64) -> RelativeDamping:
+    """``damping=vif.solvers.relative(fraction)``: ``lambda = fraction * trace(H) / n_params`` (:class:`RelativeDamping`)."""
+    return RelativeDamping(fraction, probes)
+
+
 _NAMED = {"exact": Exact, "pinv": PseudoInverse, "cg": CG, "lissa": LiSSA}
 
 
@@ -259,7 +305,7 @@ def make_solver(
     theta: torch.Tensor,
     backend: str | torch.Tensor | SolverSpec | Callable = "exact",
     *,
-    damping: float = 0.0,
+    damping: float | RelativeDamping = 0.0,
 ) -> Callable[[torch.Tensor], torch.Tensor]:
     """Build ``B -> (H + damping I)^-1 B`` for the Hessian ``H`` of ``flat_objective`` at ``theta``.
 
@@ -270,13 +316,15 @@ def make_solver(
             :class:`LiSSA` or your own ``build(source, damping)``), a precomputed dense Hessian
             ``(n_params, n_params)`` of the objective at ``theta`` (solved by Cholesky), or a ready solver
             ``B -> H^-1 B`` for ``(n_params,)`` and ``(n_params, k)`` inputs (factorise once, reuse).
-        damping: ``lambda >= 0`` added to the diagonal of ``H``.
+        damping: ``lambda >= 0`` added to the diagonal of ``H``, or :func:`relative` ``(fraction)`` for
+            ``lambda = fraction * trace(H) / n_params``.
 
     Raises:
         InputError: unknown backend, negative damping, or damping given with a ready solver.
     """
-    if not isinstance(damping, int | float) or isinstance(damping, bool) or not damping >= 0:
-        raise InputError(f"damping must be a number >= 0, got {damping!r}.")
+    if not isinstance(damping, RelativeDamping) and (
+            not isinstance(damping, int | float) or isinstance(damping, bool) or not damping >= 0):
+        raise InputError(f"damping must be a number >= 0 or vif.solvers.relative(fraction), got {damping!r}.")
     source = HessianSource(flat_objective, theta)
     if isinstance(backend, str):
         if backend not in _NAMED:
@@ -286,9 +334,13 @@ def make_solver(
         source.matrix = dense_hessian(backend, theta)
         backend = Exact()
     if isinstance(backend, SolverSpec):
-        return backend.build(source, float(damping))
+        absolute = damping.resolve(source, backend) if isinstance(damping, RelativeDamping) else float(damping)
+        solve = backend.build(source, absolute)
+        if isinstance(solve, Solve):
+            solve.damping = absolute
+        return solve
     if callable(backend):
-        if damping != 0:
+        if isinstance(damping, RelativeDamping) or damping != 0:
             raise InputError("damping is applied by the solvers vif builds; include it in your own solver instead.")
         return backend
     raise InputError(

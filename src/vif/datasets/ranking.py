@@ -94,6 +94,10 @@ def _select(labels, minimum: int, count: int, what: str) -> np.ndarray:
 
 
 def _finish(name, raw_tr, Y_tr, raw_te, Y_te, n_train, n_test, n_components, seed, synthetic) -> RankingData:
+    n_features = raw_tr.shape[1]
+    if isinstance(n_components, bool) or not isinstance(n_components, int) or not 1 <= n_components < n_features:
+        raise InputError(f"{name}: n_components must be an int in [1, {n_features}) (the SVD keeps fewer components "
+                         f"than the {n_features} features), got {n_components!r}.")
     train_rows = _select(Y_tr, 2, n_train, "train")
     test_rows = _select(Y_te, 1, n_test, "test")
     X_tr, X_te = _reduce(raw_tr[train_rows], raw_te[test_rows], n_components, seed)
@@ -148,8 +152,11 @@ def read_xmc(path: str | Path) -> tuple[sp.csr_matrix, sp.csr_matrix]:
         InputError: a malformed header or line (the message names the line number).
     """
     path = Path(path)
-    with path.open() as handle:
+    _check_text(path)
+    with path.open(encoding="utf-8") as handle:
         header = handle.readline().split()
+        if not header:
+            raise InputError(f"{path}, line 1: the file is empty; expected the header 'n_points n_features n_labels'.")
         if len(header) != 3 or not all(part.isdigit() for part in header):
             raise InputError(f"{path}: the first line must be 'n_points n_features n_labels', got {header!r}.")
         n_points, n_features, n_labels = map(int, header)
@@ -167,23 +174,68 @@ def read_xmc(path: str | Path) -> tuple[sp.csr_matrix, sp.csr_matrix]:
                     f_rows.append(row)
                     f_cols.append(int(col))
                     f_vals.append(float(val))
+                    if not np.isfinite(f_vals[-1]):
+                        raise ValueError(f"non-finite value {val!r}")
             except ValueError as error:
                 raise InputError(
                     f"{path}, line {row + 2}: expected 'l1,l2,... feature:value ...' with integer labels ({error})."
                 ) from error
+            _check_indices(path, row, l_cols, f_cols, labels, pairs, n_labels, n_features)
     if row + 1 != n_points:
         raise InputError(f"{path}: header says {n_points} points but the file has {row + 1} data lines.")
-    if (l_cols and max(l_cols) >= n_labels) or (f_cols and max(f_cols) >= n_features):
-        raise InputError(f"{path}: a label or feature index exceeds the header's counts ({n_labels}, {n_features}).")
     features = sp.csr_matrix((f_vals, (f_rows, f_cols)), shape=(n_points, n_features))
     labels = sp.csr_matrix((np.ones(len(l_rows)), (l_rows, l_cols)), shape=(n_points, n_labels))
     labels.data[:] = 1.0  # a label repeated on one line counts once
     return features, labels
 
 
-def read_split(path: str | Path, split: int = 0) -> np.ndarray:
-    """0-based point indices of column ``split`` of a ``*_trSplit.txt`` / ``*_tstSplit.txt`` file (1-based)."""
-    table = np.loadtxt(path, dtype=np.int64, ndmin=2)
+def _check_text(path: Path) -> None:
+    """Raise :class:`InputError` naming the line of the first byte that is not UTF-8, or an empty file."""
+    data = path.read_bytes()
+    if not data.strip():
+        raise InputError(f"{path}, line 1: the file is empty.")
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = data[:error.start].count(b"\n") + 1
+        raise InputError(f"{path}, line {line}: not UTF-8 text ({error.reason} at byte {error.start}); is this "
+                         "the repository's text file?") from error
+
+
+def _check_indices(path: Path, row: int, l_cols: list, f_cols: list, labels: list, pairs: list, n_labels: int,
+                   n_features: int) -> None:
+    """The last line's label and feature indices lie within the header's counts."""
+    for values, count, what in ((l_cols[len(l_cols) - len(labels):], n_labels, "label"),
+                                (f_cols[len(f_cols) - len(pairs):], n_features, "feature")):
+        bad = [value for value in values if not 0 <= value < count]
+        if bad:
+            raise InputError(f"{path}, line {row + 2}: {what} index {bad[0]} is outside [0, {count}) of the header.")
+
+
+def read_split(path: str | Path, split: int = 0, n_points: int | None = None) -> np.ndarray:
+    """0-based point indices of column ``split`` of a ``*_trSplit.txt`` / ``*_tstSplit.txt`` file (1-based).
+
+    Raises:
+        InputError: an empty or non-UTF-8 file, a non-integer entry, rows of different lengths, or an index
+            outside ``[1, n_points]`` (the message names the file and line).
+    """
+    path = Path(path)
+    _check_text(path)
+    rows = []
+    for line_number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            rows.append([int(value) for value in line.split()])
+        except ValueError as error:
+            raise InputError(f"{path}, line {line_number}: split indices must be integers ({error}).") from error
+        if len(rows[-1]) != len(rows[0]):
+            raise InputError(f"{path}, line {line_number}: {len(rows[-1])} columns, line 1 has {len(rows[0])}.")
+        low = 1 if n_points is None else n_points
+        if min(rows[-1]) < 1 or (n_points is not None and max(rows[-1]) > low):
+            raise InputError(f"{path}, line {line_number}: index {rows[-1]} outside [1, {n_points or 'n_points'}] "
+                             "(the split files are 1-based).")
+    table = np.asarray(rows, dtype=np.int64)
     if not 0 <= split < table.shape[1]:
         raise InputError(f"{path} has {table.shape[1]} splits; split={split} is out of range.")
     return table[:, split] - 1
@@ -225,7 +277,7 @@ def load_xmc(
         for name in XMC_FILES[key]
     ]
     features, labels = read_xmc(paths[0])
-    train, test = read_split(paths[1], split), read_split(paths[2], split)
+    train, test = (read_split(paths[1], split, features.shape[0]), read_split(paths[2], split, features.shape[0]))
     return _finish(key, features[train], labels[train], features[test], labels[test], n_train, n_test,
                    n_components, seed, False)
 

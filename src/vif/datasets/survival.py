@@ -8,6 +8,7 @@ split's mean and standard deviation; binary and ordinal covariates are left as c
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -193,7 +194,7 @@ def load_metabric(path: str | Path | None = None, *, expected_sha256: str | None
                   expected_sha256=expected_sha256)
     suffix = file.suffix.lower()
     if suffix == ".csv":
-        raw = pd.read_csv(file)
+        raw = _read_metabric_csv(file)
     elif suffix == ".feather":
         raw = pd.read_feather(file)
     elif suffix in (".h5", ".hdf5"):
@@ -208,11 +209,52 @@ def load_metabric(path: str | Path | None = None, *, expected_sha256: str | None
     expected = [f"x{k}" for k in range(9)] + ["duration", "event"]
     if list(raw.columns) != expected:
         raise InputError(f"METABRIC file {file} has columns {list(raw.columns)}, expected {expected} (pycox layout).")
-    frame = raw.rename(columns={"duration": "time"}).astype(float)
-    frame = frame[frame["time"] > 0].reset_index(drop=True)  # a zero duration has no place in a risk set
+    frame = _validate_metabric(raw, file, first_line=2 if suffix == ".csv" else 1)
     return SurvivalDataset("metabric", frame, expected[:9], _METABRIC_CONTINUOUS,
                            f"METABRIC, DeepSurv/pycox export read from {file}",
                            sha256=expected_sha256 or sha256(file))  # locate() verified a given digest
+
+
+def _read_metabric_csv(file: Path) -> pd.DataFrame:
+    """``pd.read_csv`` with every cell kept as text, so that :func:`_validate_metabric` can name a bad row."""
+    data = file.read_bytes()
+    if not data.strip():
+        raise InputError(f"METABRIC file {file} is empty (line 1); expected a header x0,...,x8,duration,event.")
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = data[:error.start].count(b"\n") + 1
+        raise InputError(f"METABRIC file {file}, line {line}: not UTF-8 text ({error.reason} at byte {error.start}); "
+                         "export the frame with to_csv.") from error
+    return pd.read_csv(file, dtype=str, keep_default_na=False)
+
+
+def _validate_metabric(raw: pd.DataFrame, file: Path, first_line: int) -> pd.DataFrame:
+    """Numeric, finite covariates; ``duration >= 0``; ``event`` in {0, 1}. Zero durations are dropped with a warning.
+
+    ``first_line``: the file line of data row 0 (2 for a CSV with a header), used in the messages.
+    """
+    if len(raw) == 0:
+        raise InputError(f"METABRIC file {file} has a header but no data rows.")
+    frame = raw.rename(columns={"duration": "time"}).apply(pd.to_numeric, errors="coerce").astype(float)
+    for column in frame.columns:
+        bad = np.flatnonzero(~np.isfinite(frame[column].to_numpy()))
+        if len(bad):
+            raise InputError(f"METABRIC file {file}, line {bad[0] + first_line}: column {column!r} has the non-numeric "
+                             f"or missing value {raw.iloc[bad[0]][raw.columns[frame.columns.get_loc(column)]]!r}.")
+    checks = (("time", frame["time"] < 0, "a negative duration"),
+              ("event", ~frame["event"].isin([0.0, 1.0]), "an event that is not 0 or 1"))
+    for column, wrong, what in checks:
+        bad = np.flatnonzero(wrong.to_numpy())
+        if len(bad):
+            raise InputError(f"METABRIC file {file}, line {bad[0] + first_line}: {what} "
+                             f"({column} = {frame[column].iloc[bad[0]]:g}).")
+    zero = np.flatnonzero(frame["time"].to_numpy() == 0)
+    if len(zero):  # a zero duration has no place in a risk set
+        warnings.warn(f"METABRIC file {file}: dropped {len(zero)} patient(s) with duration 0 (lines "
+                      f"{', '.join(str(row + first_line) for row in zero[:10])}{' ...' if len(zero) > 10 else ''}).",
+                      UserWarning, stacklevel=3)
+    return frame[frame["time"] > 0].reset_index(drop=True)
 
 
 DATASETS = {"support": load_support, "rotterdam": load_rotterdam, "gbsg2": load_gbsg2, "metabric": load_metabric}
