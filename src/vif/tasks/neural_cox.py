@@ -172,7 +172,9 @@ def minimise(objective: Callable, start: dict[str, torch.Tensor], mask: torch.Te
                                                    preconditioner, gtol=gtol, max_iter=100)
         if converged:
             return unflatten(solution)
-        start = unflatten(solution)
+        value, initial = objective(unflatten(solution), mask), objective(start, mask)
+        if bool(torch.isfinite(value)) and float(value) < float(initial):  # else restart from ``start`` (a diverged try)
+            start = unflatten(solution)
     small = theta.numel() <= NEWTON_LIMIT
     try:
         start = lbfgs(objective, start, mask, gtol=max(gtol, 1e-3) if small else gtol, max_iter=20000, history_size=50)
