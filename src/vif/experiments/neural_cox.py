@@ -43,6 +43,7 @@ __all__ = ["Settings", "settings", "Model", "model", "estimates", "ground_truth"
            "mask_path", "hook_speed", "add_arguments", "reproduce"]
 
 DENSE_LIMIT = 3000  # most parameters for which a dense Hessian is formed
+LARGE_TARGETS = 20  # targets in the solver comparison at widths without a dense Hessian
 N_TIMED = 3  # warm refits timed per width (the all-units LOO cost is extrapolated from them)
 WEIGHT_DECAYS = {True: (3.0, 10.0), False: (1.0, 3.0, 10.0, 30.0)}  # keyed by quick
 WIDTHS = {True: ((6,), (16,)), False: ((6,), (40, 40), (128, 128))}  # ~100, ~2,000, ~20,000 parameters at full size
@@ -248,18 +249,23 @@ def solver_table(s: Settings, widths: list[tuple[int, ...]], cache: Path | None 
     ``loo_seconds_all_units`` extrapolates ``N_TIMED`` timed warm refits to all of them. LiSSA stops after
     ``lissa_iter`` steps (its error is reported, not raised).
 
-    The reference is VIF with the exact dense Hessian where ``n_params <= DENSE_LIMIT``, else CG at ``tol=1e-10``.
+    The reference is VIF with the exact dense Hessian where ``n_params <= DENSE_LIMIT``, else CG at ``tol=1e-8``
+    (there the fit stops at ``max|grad| <= 1e-5`` and the first ``LARGE_TARGETS`` targets are used).
     """
     rows = []
     for hidden in widths:
-        m = model(Settings(**{**asdict(s), "hidden": tuple(hidden)}), cache)
+        wide = sum(a * b + b for a, b in zip((14, *hidden), hidden)) + hidden[-1] > DENSE_LIMIT
+        # without a dense Hessian: L-BFGS to a looser tolerance and LARGE_TARGETS targets (each CG step costs one per target)
+        wide_settings = {"gtol": max(s.gtol, 1e-5), "n_targets": min(s.n_targets, LARGE_TARGETS)} if wide else {}
+        m = model(Settings(**{**asdict(s), "hidden": tuple(hidden), **wide_settings}), cache)
         gn = m.task.gauss_newton(m.params)
         dense = m.task.n_params <= DENSE_LIMIT
         lissa = LiSSA(tol=1e-6, max_iter=lissa_iter, on_nonconvergence="warn")
-        options = {"exact": m.hessian, "cg": CG(tol=1e-6), "lissa": lissa,
-                   "gn_exact": Exact(operator=gn), "gn_cg": CG(operator=gn, tol=1e-6)}
+        options = {"exact": m.hessian, "cg": CG(tol=1e-6, max_iter=300, on_nonconvergence="warn"), "lissa": lissa,
+                   "gn_exact": Exact(operator=gn), "gn_cg": CG(operator=gn, tol=1e-6, max_iter=300, on_nonconvergence="warn")}
         if not dense:
-            options = {"reference_cg": CG(tol=1e-10), **{k: v for k, v in options.items() if k in ("cg", "lissa", "gn_cg")}}
+            reference = CG(tol=1e-8, max_iter=500, on_nonconvergence="warn")
+            options = {"reference_cg": reference, **{k: v for k, v in options.items() if k in ("cg", "lissa", "gn_cg")}}
         results = {}
         for name, hessian in options.items():
             with warnings.catch_warnings():
