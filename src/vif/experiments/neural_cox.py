@@ -68,9 +68,9 @@ class Settings:
 
 
 def settings(*, quick: bool, seed: int = 0, **overrides: Any) -> Settings:
-    """The chapter's sizes: 200 patients, 30 targets, 40 LOO units at QUICK; 1,000, 100 and 150 at full size."""
+    """The chapter's sizes: 200 patients, 30 targets, 30 LOO units at QUICK; 1,000, 100 and 150 at full size."""
     values: dict[str, Any] = dict(n_train=200 if quick else 1000, n_targets=30 if quick else 100,
-                                  n_loo=40 if quick else 150, hidden=(6,), seed=seed)
+                                  n_loo=30 if quick else 150, hidden=(6,), seed=seed)
     values.update(overrides)
     return Settings(**values)
 
@@ -307,7 +307,7 @@ def reproduce(*, quick: bool, seed: int, cache_dir: str | None = None) -> dict:
         rows = sweep(base, list(WEIGHT_DECAYS[quick]), n_cold=0, cache=cache)
         best = max(rows, key=lambda row: row["validation"])["weight_decay"]
         table = solver_table(Settings(**{**asdict(base), "weight_decay": best}), list(WIDTHS[quick]), cache,
-                             lissa_iter=20 if quick else 200)
+                             lissa_iter=10 if quick else 200)
     keys = ("weight_decay", "validation", "vif_vs_warm", "if_vs_warm", "vif_gn_vs_warm", "vif_vs_pbrf", "vif_gn_vs_pbrf",
             "if_vs_pbrf", "warm_vs_pbrf")
     summary = [{k: float(row[k]) for k in keys} | {"basin_fraction": float(row["basin"].double().mean())} for row in rows]
