@@ -266,11 +266,13 @@ def solver_table(s: Settings, widths: list[tuple[int, ...]], cache: Path | None 
         if not dense:
             reference = CG(tol=1e-8, max_iter=500, on_nonconvergence="warn")
             options = {"reference_cg": reference, **{k: v for k, v in options.items() if k in ("cg", "lissa", "gn_cg")}}
-        results = {}
-        for name, hessian in options.items():
+
+        def compute(options: dict = options, m: Model = m) -> dict[str, tuple[torch.Tensor, float]]:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                results[name] = _timed(influence, m.task, m.params, m.target, hessian=hessian)
+                return {name: _timed(influence, m.task, m.params, m.target, hessian=hessian) for name, hessian in options.items()}
+
+        results = _cached(cache, f"solvers-{m.settings.key()}-{lissa_iter}", compute)  # seconds of the first run
         reference = results["exact" if dense else "reference_cg"][0]
         loo = ground_truth(m, "warm", loo_units(m)[:N_TIMED], cache)
         for name, (value, seconds) in results.items():
