@@ -8,6 +8,7 @@ module              task class                              units
 ``cox``             :class:`~vif.tasks.cox.CoxRegression`               patients
 ``embedding``       :class:`~vif.tasks.embedding.SkipGram`              graph nodes
 ``ranking``         :class:`~vif.tasks.ranking.ListwiseRanking`         items (labels)
+``neural_cox``      :class:`~vif.tasks.neural_cox.NeuralCox`            patients
 ==================  =====================================  ==========================
 
 Tasks import the core (:mod:`vif.fit`, :mod:`vif.params`, ...) and never :mod:`vif.experiments`.
@@ -19,7 +20,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-MODULES = ("logistic", "pairwise", "cox", "embedding", "ranking", "ranking_hessian")
+MODULES = ("logistic", "pairwise", "cox", "embedding", "ranking", "ranking_hessian", "neural_cox")
 
 __all__ = list(MODULES)
 
