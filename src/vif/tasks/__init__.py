@@ -8,6 +8,7 @@ module              task class                              units
 ``cox``             :class:`~vif.tasks.cox.CoxRegression`               patients
 ``embedding``       :class:`~vif.tasks.embedding.SkipGram`              graph nodes
 ``ranking``         :class:`~vif.tasks.ranking.ListwiseRanking`         items (labels)
+``contrastive``     :class:`~vif.tasks.contrastive.Contrastive`         samples (InfoNCE)
 ==================  =====================================  ==========================
 
 Tasks import the core (:mod:`vif.fit`, :mod:`vif.params`, ...) and never :mod:`vif.experiments`.
@@ -19,7 +20,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-MODULES = ("logistic", "pairwise", "cox", "embedding", "ranking", "ranking_hessian")
+MODULES = ("logistic", "pairwise", "cox", "embedding", "ranking", "ranking_hessian", "contrastive")
 
 __all__ = list(MODULES)
 
