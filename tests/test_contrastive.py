@@ -23,7 +23,7 @@ def small():
     return data, task, task.fit()
 
 
-def deleted_task(task, removed, kind="linear"):
+def deleted_task(task, removed):
     keep = [i for i in range(task.n_units) if i != removed]
     return contrastive.Contrastive(task.views[:, keep], task.module, tau=task.tau, weight_decay=task.weight_decay,
                                    scale=task.scale)
@@ -45,8 +45,8 @@ def test_mask_equals_delete(kind):
         masked = task.objective(params, mask)
         assert torch.allclose(masked, other.objective(params, torch.ones(task.n_units - 1, dtype=torch.float64)),
                               rtol=0, atol=1e-12)
-        g_masked = grad(lambda t: task.objective(unflatten(t), mask))(theta)
-        g_deleted = grad(lambda t: other.objective(unflatten(t), torch.ones(task.n_units - 1, dtype=torch.float64)))(theta)
+        g_masked = grad(lambda t, mask=mask: task.objective(unflatten(t), mask))(theta)
+        g_deleted = grad(lambda t, other=other: other.objective(unflatten(t), torch.ones(other.n_units, dtype=torch.float64)))(theta)
         assert torch.allclose(g_masked, g_deleted, rtol=0, atol=1e-12)
         held_deleted = other.heldout_loss(data.test_views)(params, torch.ones(task.n_units - 1, dtype=torch.float64))
         assert torch.allclose(target(params, mask), held_deleted, rtol=0, atol=1e-12)
