@@ -47,7 +47,7 @@ def test_mask_equals_delete(kind):
                               rtol=0, atol=1e-12)
         g_masked = grad(lambda t, mask=mask: task.objective(unflatten(t), mask))(theta)
         kept = torch.ones(other.n_units, dtype=torch.float64)
-        g_deleted = grad(lambda t, other=other: other.objective(unflatten(t), kept))(theta)
+        g_deleted = grad(lambda t, other=other, kept=kept: other.objective(unflatten(t), kept))(theta)
         assert torch.allclose(g_masked, g_deleted, rtol=0, atol=1e-12)
         held_deleted = other.heldout_loss(data.test_views)(params, torch.ones(task.n_units - 1, dtype=torch.float64))
         assert torch.allclose(target(params, mask), held_deleted, rtol=0, atol=1e-12)
