@@ -150,3 +150,28 @@ def test_digits_views_are_seeded_and_fitted_on_train():
     assert torch.allclose(first.train_clean.mean(0), torch.zeros(16, dtype=torch.float64), atol=1e-10)
     assert not torch.equal(first.train_views[0], first.train_views[1])
     assert set(first.train_index.tolist()).isdisjoint(first.test_index.tolist())
+
+
+def test_mlp_fit_and_warm_refit_converge():
+    data = contrastive_digits(n_train=10, n_test=3, n_components=5, seed=5)
+    task = contrastive.Contrastive(data.train_views, contrastive.encoder("mlp", 5, 3, hidden=4), tau=0.5,
+                                   weight_decay=0.1, gtol=1e-9)
+    params = task.fit()
+    assert list(params) == ["0.weight", "0.bias", "2.weight"]
+    mask = torch.ones(task.n_units, dtype=torch.float64)
+    assert vif.fit.gradient_norm(task.objective, params, mask) <= task.gtol
+    mask[1] = 0.0
+    assert vif.fit.gradient_norm(task.objective, task.fit(mask, params), mask) <= task.gtol
+
+
+def test_reproduce_pieces_summarise():
+    """The experiment's building blocks on a tiny configuration (the full reproduce is the CLI's job)."""
+    config = experiment.Settings(n_train=10, n_test=4, n_pairs=3, n_components=5, dim=3, weight_decay=0.1,
+                                 n_cold=2, n_sweep=4)
+    out = experiment.run(config)
+    summary = experiment.summarise(out)
+    assert set(summary["correlations"]) >= {"vif", "if", "naive", "anchor", "positive", "negative", "vif-gn", "pbrf"}
+    assert summary["cold_minus_warm_max"] < 1e-5
+    found = out["estimates"]
+    assert torch.allclose(found["anchor"] + found["positive"] + found["negative"], found["if"], atol=1e-10)
+    assert torch.allclose(found["naive"], found["anchor"], atol=1e-10)
