@@ -219,20 +219,20 @@ def summarise(out: dict) -> dict:
             "fit_seconds": problem.fit_seconds, "seconds": out["seconds"]}
 
 
-def sweep(base: Settings, *, taus=(), weight_decays=(), cache_dir=None) -> list[dict]:
-    """Warm-LOO Pearson of VIF, IF and the naive estimate (held-out losses and cosines) along ``tau`` and ``wd``.
+def sweep(base: Settings, *, taus=(), weight_decays=(), dims=(), cache_dir=None) -> list[dict]:
+    """Warm-LOO Pearson of VIF, IF and the naive estimate (held-out losses and cosines) along ``tau``, ``wd``, ``dim``.
 
     At each point the warm LOO refits a seeded subset of ``base.n_sweep`` training samples.
     """
     rows = []
-    for name, values in (("tau", taus), ("weight_decay", weight_decays)):
+    for name, values in (("tau", taus), ("weight_decay", weight_decays), ("dim", dims)):
         for value in values:
             config = Settings(**{**asdict(base), name: value, "n_cold": 0})
             problem = setup(config)
             units = cold_units(problem, base.n_sweep)
             found = {key: value[units] for key, value in estimates(problem)["estimates"].items()}
             warm = ground_truth(problem, "warm", units=units, cache_dir=cache_dir)
-            row = {"parameter": name, "tau": config.tau, "weight_decay": config.weight_decay,
+            row = {"parameter": name, "tau": config.tau, "weight_decay": config.weight_decay, "dim": config.dim,
                    "vif_if_relative_gap": float((found["vif"] - found["if"]).abs().mean() / found["vif"].abs().mean())}
             for method in ("vif", "if", "naive"):
                 for family, value_r in compare(problem, found[method], warm).items():
@@ -266,10 +266,10 @@ def speed(config: Settings, *, n_timed: int = 10, problem: Setup | None = None) 
 
 
 def sweep_values(quick: bool) -> dict[str, tuple[float, ...]]:
-    """The book's sweeps: temperatures and weight decays (around ``tau = 0.5``, ``wd = 0.01``)."""
+    """The book's sweeps: temperatures, weight decays and embedding dimensions (around ``tau = 0.5``, ``wd = 0.01``, 8)."""
     if quick:
-        return {"taus": (0.1,), "weight_decays": (1e-3,)}
-    return {"taus": (0.05, 0.1, 0.2, 1.0, 2.0), "weight_decays": (1e-4, 1e-3, 0.1)}
+        return {"taus": (0.1,), "weight_decays": (0.1,), "dims": ()}
+    return {"taus": (0.05, 0.1, 0.2, 1.0, 2.0), "weight_decays": (1e-4, 1e-3, 0.1), "dims": (2, 4)}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -37,7 +37,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, grad
 
-from ..errors import InputError
+from ..errors import ConvergenceError, InputError
 from ..fit import saddle_free_newton
 from ..hessian import hessian_matrix
 from ..params import check_mask, flatten
@@ -199,7 +199,8 @@ class Contrastive:
         ``H_0`` the pseudo-inverted full-data Hessian at ``init``, factorised once per ``init`` and reused by
         every refit from it (removing one of ``n`` samples changes the Hessian by ``O(1/n)``, so a few steps
         reach ``gtol``). Otherwise, or if that stalls, L-BFGS then the pseudo-inverse Newton polish
-        (:func:`vif.fit.saddle_free_newton`) from ``init`` or the seeded cold start.
+        (:func:`vif.fit.saddle_free_newton`) from ``init`` or the seeded cold start to ``max |grad| <= 1e-6``,
+        then pseudo-inverse Newton steps to ``gtol``.
 
         Raises:
             ConvergenceError: ``max |grad| > gtol`` at the end.
@@ -210,22 +211,31 @@ class Contrastive:
             if result is not None:
                 return result
         start = self.init_params() if init is None else init
+        try:  # L-BFGS alone to 1e-6, where it starts to crawl; Newton steps finish
+            loose = saddle_free_newton(self.objective, start, mask, gtol=max(self.gtol, 1e-6), max_iter=self.max_iter,
+                                       newton_steps=0)
+            result = self._chord(mask, loose, newton=True)
+        except ConvergenceError:
+            result = None
+        if result is not None:
+            return result
         return saddle_free_newton(self.objective, start, mask, gtol=self.gtol, max_iter=self.max_iter)
 
-    def _chord(self, mask: torch.Tensor, init: dict[str, torch.Tensor], steps: int = 40, refreshes: int = 10
-               ) -> dict[str, torch.Tensor] | None:
+    def _chord(self, mask: torch.Tensor, init: dict[str, torch.Tensor], steps: int = 40, refreshes: int = 10,
+               newton: bool = False) -> dict[str, torch.Tensor] | None:
         """Chord Newton from ``init`` (see :meth:`fit`); ``None`` if it does not reach ``gtol``.
 
         Steps use the cached ``|H_0|^+`` (eigenvalues in absolute value, those below ``1e-9`` of the largest
         dropped: the rotations); once the gradient stops shrinking by 10% a step, every later step recomputes
-        the Hessian at the current point and mask (plain Newton, at most ``refreshes`` times).
+        the Hessian at the current point and mask (plain Newton, at most ``refreshes`` times; from the first
+        step with ``newton=True``).
         """
         theta, unflatten = flatten(init)
         key = (theta.shape, hash(theta.detach().cpu().numpy().tobytes()))
-        if self._warm_key != key:
+        if self._warm_key != key and not newton:
             self._warm_key, self._warm_inverse = key, _abs_pinv(self._flat(unflatten, None), theta)
         inverse, flat = self._warm_inverse, self._flat(unflatten, mask)
-        gradient, previous, newton = grad(flat), float("inf"), False
+        gradient, previous = grad(flat), float("inf")
         for _ in range(steps):
             g = gradient(theta)
             size = float(g.abs().max())
