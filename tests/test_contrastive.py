@@ -83,23 +83,23 @@ def test_fit_converges_and_rotation_is_flat(small):
 def test_role_decomposition_sums_to_if(small):
     data, task, params = small
     target = task.heldout_loss(data.test_views)
-    total = vif.influence(task, params, target, method="if", hessian="pinv")
-    parts = [vif.influence(task.role_objective(role), params, target, n_units=task.n_units, method="if", hessian="pinv")
+    total = vif.influence(task, params, target, method="if", hessian=experiment.PINV)
+    parts = [vif.influence(task.role_objective(role), params, target, n_units=task.n_units, method="if", hessian=experiment.PINV)
              for role in contrastive.ROLES]
     assert torch.allclose(sum(parts), total, rtol=0, atol=1e-10)
-    naive = vif.influence(task.role_objective("anchor"), params, target, n_units=task.n_units, hessian="pinv")
+    naive = vif.influence(task.role_objective("anchor"), params, target, n_units=task.n_units, hessian=experiment.PINV)
     assert torch.allclose(naive, parts[0], rtol=0, atol=1e-10)  # linear in the anchor weights: VIF == IF
 
 
 def test_vif_tracks_exact_loo(small):
     data, task, params = small
     target = task.heldout_loss(data.test_views)
-    predicted = vif.influence(task, params, target, hessian="pinv")
+    predicted = vif.influence(task, params, target, hessian=experiment.PINV)
     actual = vif.leave_one_out(task, params, target, progress=False)
     cold = vif.leave_one_out(task, params, target, units=[0, 5], warm_start=False, progress=False)
     assert torch.allclose(cold, actual[[0, 5]], atol=1e-6)  # one basin: cold and warm refits agree
     assert vif.metrics.correlations(predicted, actual).pearson > 0.7  # 12 samples: one removal is 8% of the data
-    naive = vif.influence(task.role_objective("anchor"), params, target, n_units=task.n_units, hessian="pinv")
+    naive = vif.influence(task.role_objective("anchor"), params, target, n_units=task.n_units, hessian=experiment.PINV)
     assert vif.metrics.correlations(naive, actual).pearson < vif.metrics.correlations(predicted, actual).pearson
 
 
