@@ -223,13 +223,13 @@ def summarise(out: dict) -> dict:
             "fit_seconds": problem.fit_seconds, "seconds": out["seconds"]}
 
 
-def sweep(base: Settings, *, taus=(), weight_decays=(), dims=(), cache_dir=None) -> list[dict]:
-    """Warm-LOO Pearson of VIF, IF and the naive estimate (held-out losses and cosines) along ``tau``, ``wd``, ``dim``.
+def sweep(base: Settings, *, taus=(), weight_decays=(), dims=(), sizes=(), cache_dir=None) -> list[dict]:
+    """Warm-LOO Pearson of VIF, IF and the naive estimate along ``tau``, ``wd``, ``dim`` and ``n_train`` (``sizes``).
 
     At each point the warm LOO refits a seeded subset of ``base.n_sweep`` training samples.
     """
     rows = []
-    for name, values in (("tau", taus), ("weight_decay", weight_decays), ("dim", dims)):
+    for name, values in (("tau", taus), ("weight_decay", weight_decays), ("dim", dims), ("n_train", sizes)):
         for value in values:
             config = Settings(**{**asdict(base), name: value, "n_cold": 0})
             problem = setup(config)
@@ -237,6 +237,7 @@ def sweep(base: Settings, *, taus=(), weight_decays=(), dims=(), cache_dir=None)
             found = {key: value[units] for key, value in estimates(problem)["estimates"].items()}
             warm = ground_truth(problem, "warm", units=units, cache_dir=cache_dir)
             row = {"parameter": name, "tau": config.tau, "weight_decay": config.weight_decay, "dim": config.dim,
+                   "n_train": config.n_train,
                    "vif_if_relative_gap": float((found["vif"] - found["if"]).abs().mean() / found["vif"].abs().mean())}
             for method in ("vif", "if", "naive"):
                 for family, value_r in compare(problem, found[method], warm).items():
@@ -275,10 +276,10 @@ def speed(config: Settings, *, n_timed: int = 10, problem: Setup | None = None) 
 
 
 def sweep_values(quick: bool) -> dict[str, tuple[float, ...]]:
-    """The book's sweeps: temperatures, weight decays and embedding dimensions (around ``tau = 0.5``, ``wd = 0.01``, 8)."""
+    """The book's sweeps: temperatures, weight decays, embedding dimensions and training-set sizes around the base."""
     if quick:
-        return {"taus": (0.1,), "weight_decays": (0.1,), "dims": ()}
-    return {"taus": (0.05, 0.1, 0.2, 1.0, 2.0), "weight_decays": (1e-4, 1e-3, 0.1), "dims": (2, 4)}
+        return {"taus": (0.1,), "weight_decays": (0.1,), "dims": (), "sizes": (25,)}
+    return {"taus": (0.05, 0.1, 0.2, 1.0, 2.0), "weight_decays": (1e-4, 1e-3, 0.1), "dims": (2, 4), "sizes": (25, 50)}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
