@@ -9,6 +9,7 @@ module              task class                              units
 ``embedding``       :class:`~vif.tasks.embedding.SkipGram`              graph nodes
 ``ranking``         :class:`~vif.tasks.ranking.ListwiseRanking`         items (labels)
 ``neural_cox``      :class:`~vif.tasks.neural_cox.NeuralCox`            patients
+``contrastive``     :class:`~vif.tasks.contrastive.Contrastive`         samples (InfoNCE)
 ==================  =====================================  ==========================
 
 Tasks import the core (:mod:`vif.fit`, :mod:`vif.params`, ...) and never :mod:`vif.experiments`.
@@ -21,6 +22,7 @@ import importlib
 from typing import Any
 
 MODULES = ("logistic", "pairwise", "cox", "embedding", "ranking", "ranking_hessian", "neural_cox")
+MODULES = ("logistic", "pairwise", "cox", "embedding", "ranking", "ranking_hessian", "contrastive")
 
 __all__ = list(MODULES)
 
