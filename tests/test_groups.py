@@ -142,6 +142,32 @@ def test_cox_group_vif_matches_autodiff_and_loo_matches_deleting():
     assert (second - truth).norm(dim=1)[2] < 0.6 * (predicted - truth).norm(dim=1)[2]
 
 
+def test_cox_coupling_terms_match_the_closed_form():
+    """Group VIF minus summed single VIFs equals -H^-1 sum_k d_k sum_{i in G cap R_k, i != k} w_i (xbar_k - x_i) c_ki."""
+    ones = torch.ones(40, dtype=torch.float64)
+    H_full = hessian(lambda b: COX.objective(b, ones))(BETA_C)
+    w = torch.exp(XC @ BETA_C)
+    group_vif = vif.parameter_influence(COX, BETA_C, groups=COX_GROUPS)
+    single = vif.parameter_influence(COX, BETA_C)
+    for row, group in enumerate(COX_GROUPS):
+        members = set(group.tolist())
+        bracket = torch.zeros(2, dtype=torch.float64)
+        for k in range(40):
+            if EC[k] == 0:
+                continue
+            at_risk = TC >= TC[k]
+            S = w[at_risk].sum()
+            xbar = (w[at_risk, None] * XC[at_risk]).sum(0) / S
+            W = sum(float(w[i]) for i in members if at_risk[i])
+            for i in members:
+                if i == k or not at_risk[i]:
+                    continue
+                c = -1.0 / (S - w[i]) if k in members else 1.0 / (S - W) - 1.0 / (S - w[i])
+                bracket += w[i] * (xbar - XC[i]) * c
+        torch.testing.assert_close(group_vif[row] - single[group].sum(0), -torch.linalg.solve(H_full, bracket),
+                                   rtol=1e-8, atol=1e-12)
+
+
 def test_cox_group_if_is_sum_of_single_ifs():
     single = vif.influence(COX, BETA_C, cox_target, method="if")
     group = vif.influence(COX, BETA_C, cox_target, method="if", groups=COX_GROUPS)
@@ -217,3 +243,37 @@ def test_forward_inf_is_the_identity_hessian_influence():
     torch.testing.assert_close(group_scores, torch.stack([scores[g].sum(0) for g in GROUPS]), rtol=2e-3, atol=1e-6)
     with pytest.raises(InputError, match="steps"):
         forward_influence(objective, BETA, linear, n_units=N, steps=0)
+
+
+# --- the experiment's plumbing on the ridge task ---------------------------------------------------------------
+class Ridge:
+    """The weighted ridge model above as a task."""
+
+    n_units = N
+
+    def objective(self, beta, mask):
+        return objective(beta, mask)
+
+    def fit(self, mask=None, init=None):
+        return fit(torch.ones(N, dtype=torch.float64) if mask is None else mask)
+
+
+def test_group_curves_and_lds_scores_on_ridge(tmp_path):
+    from vif.experiments import groups as experiment
+
+    case = experiment.Case("ridge", Ridge(), BETA, lambda beta: X[:6] @ beta, "exact", "ridge",
+                           named={"a": np.arange(0, 10), "b": np.arange(10, 20), "c": np.arange(20, 30)},
+                           order=np.arange(N))
+    curves = experiment.group_curves(case, (1, 2, 5), 4, seed=0, cache_dir=tmp_path)
+    assert curves["sizes"] == [1, 2, 5] and curves["n_groups"] == 2 * 3 * 4 + 3 and curves["named_across"] == "targets"
+    tensors = curves["tensors"]
+    torch.testing.assert_close(tensors["group VIF"], tensors["summed VIF"])  # decomposable: additive
+    torch.testing.assert_close(tensors["group IF"], tensors["summed VIF"])
+    assert all(len(group) == 5 for group in experiment.local_groups(np.arange(N), (5,), 4))
+    for family in ("random", "local"):
+        assert curves[family]["5"]["2nd order"]["relative_error"] < curves[family]["5"]["group VIF"]["relative_error"]
+    scores = experiment.lds_scores(case, 0.5, 12, seed=0, cache_dir=tmp_path)
+    assert scores["lds"]["group VIF"] == pytest.approx(scores["lds"]["summed VIF"])
+    assert scores["least_squares_scale"]["group VIF"] > 1.3  # half the data removed: first order undershoots
+    frame = experiment.table({"curves": {"ridge": {k: v for k, v in curves.items() if k != "tensors"}}})
+    assert set(frame.predictor) == set(experiment.PREDICTORS) and len(frame) == 2 * 3 * 5

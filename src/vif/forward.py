@@ -96,7 +96,7 @@ def forward_influence(
     rows = []
     for chunk in torch.split(torch.arange(len(removals), device=theta.device), max(1, chunk_size)):
         masks = ones - removals.directions(chunk)
-        masked = vmap(lambda vector, masks=masks: vmap(lambda mask: loss(vector, mask))(masks))(points)  # (1 + T, chunk)
+        masked = torch.stack([vmap(lambda mask, point=point: loss(point, mask))(masks) for point in points])  # (1 + T, chunk)
         differences = full[:, None] - masked  # d_r at each point
         rows.append(((differences[:1] - differences[1:]) / theta.new_tensor(etas)[:, None]).T)
     result = check_finite(torch.cat(rows), "the Forward-INF scores")
