@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torch.func import grad, jacrev, jvp
+from torch.func import grad, jacrev, jvp, vmap
 
 from .errors import InputError
 from .influence import parameter_influence
@@ -127,6 +127,7 @@ def second_order_influence(
     hessian: object = "exact",
     damping: float = 0.0,
     terms: int = 1,
+    chunk_size: int = 64,
     target_takes_mask: bool | None = None,
 ) -> torch.Tensor:
     """Group VIF refined by Neumann terms of the Hessian without the group.
@@ -144,6 +145,7 @@ def second_order_influence(
         params: ``theta_hat``. target: ``target(params)`` or ``target(params, mask)``; scalar or ``(n_targets,)``.
         groups: as in :func:`vif.influence`. hessian, damping: iHVP backend, as in :func:`vif.influence`.
         terms: Neumann terms added to group VIF (``0`` returns group VIF).
+        chunk_size: groups whose Hessian-vector products are batched together with vmap.
 
     Returns:
         ``(n_groups,)`` for a scalar target, else ``(n_groups, n_targets)``: predicted ``f(theta_-G) - f(theta_hat)``.
@@ -161,7 +163,8 @@ def second_order_influence(
     masks = ones - removals.directions(torch.arange(len(removals), device=theta.device))
     steps = first
     for _ in range(terms):
-        products = torch.stack([_removed_hvp(flat, theta, ones, mask, step) for mask, step in zip(masks, steps)])
+        products = torch.cat([_removed_hvps(flat, theta, ones, mask_chunk, step_chunk)
+                              for mask_chunk, step_chunk in zip(torch.split(masks, chunk_size), torch.split(steps, chunk_size))])
         steps = first + solve(products.T).T
     mask_aware = takes_mask(target, target_takes_mask)
 
@@ -179,10 +182,19 @@ def second_order_influence(
     return result[:, 0] if scalar else result
 
 
-def _removed_hvp(flat: Callable, theta: torch.Tensor, ones: torch.Tensor, mask: torch.Tensor,
-                 vector: torch.Tensor) -> torch.Tensor:
-    """``Delta v``: Hessian-vector product of ``L(theta, 1) - L(theta, mask)`` at ``theta``."""
-    def difference(point: torch.Tensor) -> torch.Tensor:
-        return flat(point, ones) - flat(point, mask)
+def _removed_hvps(flat: Callable, theta: torch.Tensor, ones: torch.Tensor, masks: torch.Tensor,
+                  vectors: torch.Tensor) -> torch.Tensor:
+    """``Delta_j v_j`` for each row: Hessian-vector products of ``L(theta, 1) - L(theta, masks[j])`` at ``theta``.
 
-    return jvp(grad(difference), (theta,), (vector,))[1]
+    Batched with vmap; an objective vmap cannot batch falls back to one group at a time.
+    """
+    def single(mask: torch.Tensor, vector: torch.Tensor) -> torch.Tensor:
+        def difference(point: torch.Tensor) -> torch.Tensor:
+            return flat(point, ones) - flat(point, mask)
+
+        return jvp(grad(difference), (theta,), (vector,))[1]
+
+    try:
+        return vmap(single)(masks, vectors)
+    except RuntimeError:
+        return torch.stack([single(mask, vector) for mask, vector in zip(masks, vectors)])

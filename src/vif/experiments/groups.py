@@ -89,8 +89,8 @@ def local_groups(order: np.ndarray, sizes: tuple[int, ...], per_size: int) -> li
 
 def cox_case(*, quick: bool, seed: int) -> Case:
     """Cox on SUPPORT; named groups: cancer status (none / yes / metastatic) x age band (<50, 50-65, 65-80, 80+)."""
-    s = cox_experiment.setup("support", quick=False, seed=seed, n_train=600 if quick else None,
-                             n_targets=40 if quick else 100)
+    s = cox_experiment.setup("support", quick=False, seed=seed, n_train=400 if quick else None,
+                             n_targets=30 if quick else 100)
     frame = s.data.dataset.frame.iloc[s.rows_train]
     band = np.digitize(frame["age"].to_numpy(), [50, 65, 80])
     cancer = frame["cancer"].to_numpy().astype(int)
