@@ -34,15 +34,17 @@ from ..influence import influence
 from ..loo import leave_one_out
 from ..metrics import correlations, lds
 from ..plotting import PALETTE
+from ..problem import takes_mask
 from ..threads import torch_threads
 from . import cox as cox_experiment
 from . import node_embedding, ranking
 
 __all__ = ["Case", "PREDICTORS", "random_groups", "local_groups", "sizes", "make_case", "cox_case",
            "embedding_case", "ranking_case", "predict",
-           "group_curves", "lds_scores", "run", "table", "plot_curves", "add_arguments", "reproduce"]
+           "group_curves", "single_scores", "lds_scores", "run", "table", "plot_curves", "add_arguments", "reproduce"]
 
 PREDICTORS = ("group VIF", "summed VIF", "group IF", "2nd order", "Forward-INF")
+FORWARD_TARGETS = {True: 5, False: 10}  # Forward-INF costs n_targets x n_removals forward passes: first K targets
 
 
 @dataclass
@@ -66,6 +68,14 @@ class Case:
     named: dict[str, np.ndarray] = field(default_factory=dict)
     valid: Callable | None = None
     order: np.ndarray | None = None
+    forward_targets: int = 10
+
+    def first_targets(self) -> Callable:
+        """The target restricted to its first ``forward_targets`` entries (same signature)."""
+        k, target = self.forward_targets, self.target
+        if takes_mask(target, None):
+            return lambda params, mask: target(params, mask)[:k]
+        return lambda params: target(params)[:k]
 
     @property
     def n_units(self) -> int:
@@ -160,8 +170,8 @@ def predict(case: Case, groups: list[np.ndarray], *, forward: bool = True) -> tu
     out["2nd order"], seconds["2nd order"] = _timed(second_order_influence, case.task, case.params, case.target,
                                                     groups=groups, **common)
     if forward:
-        out["Forward-INF"], seconds["Forward-INF"] = _timed(forward_influence, case.task, case.params, case.target,
-                                                            groups=groups)
+        out["Forward-INF"], seconds["Forward-INF"] = _timed(forward_influence, case.task, case.params,
+                                                            case.first_targets(), groups=groups)
     return out, seconds
 
 
@@ -171,11 +181,17 @@ def _pearson(predicted: torch.Tensor, actual: torch.Tensor, valid: np.ndarray | 
 
 def _scores(predicted: dict[str, torch.Tensor], actual: torch.Tensor, valid: np.ndarray | None, rows: np.ndarray,
             across: str = "units") -> dict[str, dict[str, float]]:
-    """Mean Pearson (across the groups ``rows`` per target, or across targets per group) and relative error."""
-    keep = None if valid is None else valid[rows]
-    return {name: {"pearson": correlations(values[rows], actual[rows], valid=keep, across=across).pearson,
-                   "relative_error": float(torch.linalg.norm(values[rows] - actual[rows]) / torch.linalg.norm(actual[rows]))}
-            for name, values in predicted.items()}
+    """Mean Pearson (across the groups ``rows`` per target, or across targets per group) and relative error.
+
+    A predictor with fewer columns (Forward-INF: the first targets only) is compared on those columns.
+    """
+    out = {}
+    for name, values in predicted.items():
+        columns = values.shape[1]
+        truth, keep = actual[rows, :columns], None if valid is None else valid[rows, :columns]
+        out[name] = {"pearson": correlations(values[rows], truth, valid=keep, across=across).pearson,
+                     "relative_error": float(torch.linalg.norm(values[rows] - truth) / torch.linalg.norm(truth))}
+    return out
 
 
 def group_curves(case: Case, sizes: tuple[int, ...], per_size: int, *, seed: int, cache_dir: Any = None,
@@ -215,23 +231,39 @@ def group_curves(case: Case, sizes: tuple[int, ...], per_size: int, *, seed: int
     return result
 
 
+def single_scores(case: Case) -> dict[str, torch.Tensor]:
+    """Single-unit scores ``(n_units, n_targets)`` of the additive predictors (VIF and IF)."""
+    common = dict(hessian=case.hessian)
+    return {"summed VIF": influence(case.task, case.params, case.target, **common),
+            "group IF": influence(case.task, case.params, case.target, method="if", **common)}
+
+
 def lds_scores(case: Case, alpha: float, n_subsets: int, *, seed: int, cache_dir: Any = None, n_jobs: int = 1,
-               progress: bool = False) -> dict[str, float]:
-    """LDS of every predictor on ``n_subsets`` random subsets keeping ``alpha`` of the units (plain targets)."""
+               progress: bool = False, singles: dict[str, torch.Tensor] | None = None) -> dict[str, Any]:
+    """LDS of every predictor on ``n_subsets`` random subsets keeping ``alpha`` of the units (plain targets).
+
+    Summed VIF and group IF are linear datamodels of single-unit scores; group VIF, the second-order step and
+    Forward-INF (first ``forward_targets`` targets) score each complement as one group.
+    ``singles``: :func:`single_scores` of the case, if already computed. Also returns the least-squares scale
+    ``c`` minimising ``||c predicted - actual||`` (how much each predictor undershoots the refits).
+    """
     subsets = sample_subsets(case.n_units, n_subsets, alpha, seed)
     actual = subset_changes(case.task, case.params, case.target, subsets, cache_dir=cache_dir, n_jobs=n_jobs,
                             cache_key=case.key, progress=progress)
-    common = dict(hessian=case.hessian)
+    singles = single_scores(case) if singles is None else singles
     complements = subsets.removed
-    predicted = {
-        "group VIF": influence(case.task, case.params, case.target, groups=complements, **common),
-        "summed VIF": linear_datamodel(influence(case.task, case.params, case.target, **common), subsets),
-        "group IF": linear_datamodel(influence(case.task, case.params, case.target, method="if", **common), subsets),
-        "2nd order": second_order_influence(case.task, case.params, case.target, groups=complements, **common),
-        "Forward-INF": linear_datamodel(forward_influence(case.task, case.params, case.target), subsets),
-    }
-    scores = {name: lds(values, actual) for name, values in predicted.items()}
-    scale = {name: float((values * actual).sum() / (values * values).sum()) for name, values in predicted.items()}
+    predicted = {name: linear_datamodel(values, subsets) for name, values in singles.items()}
+    predicted["group VIF"] = influence(case.task, case.params, case.target, groups=complements, hessian=case.hessian)
+    predicted["2nd order"] = second_order_influence(case.task, case.params, case.target, groups=complements,
+                                                    hessian=case.hessian)
+    # Forward-INF of each whole complement (its mask difference), on the first targets only
+    predicted["Forward-INF"] = forward_influence(case.task, case.params, case.first_targets(), groups=complements)
+    scores, scale = {}, {}
+    for name in PREDICTORS:
+        values = predicted[name]
+        truth = actual[:, :values.shape[1]]
+        scores[name] = lds(values, truth)
+        scale[name] = float((values * truth).sum() / (values * values).sum())
     return {"alpha": alpha, "n_subsets": n_subsets, "lds": scores, "least_squares_scale": scale}
 
 
@@ -247,10 +279,13 @@ def sizes(quick: bool) -> dict[str, tuple[tuple[int, ...], int]]:
 def make_case(name: str, *, quick: bool, seed: int) -> Case:
     """The case called ``name`` (a key of :func:`sizes`)."""
     if name == "cox-support":
-        return cox_case(quick=quick, seed=seed)
-    if name.startswith("embedding-"):
-        return embedding_case(name.removeprefix("embedding-"), quick=quick, seed=seed)
-    return ranking_case(quick=quick, seed=seed)
+        case = cox_case(quick=quick, seed=seed)
+    elif name.startswith("embedding-"):
+        case = embedding_case(name.removeprefix("embedding-"), quick=quick, seed=seed)
+    else:
+        case = ranking_case(quick=quick, seed=seed)
+    case.forward_targets = FORWARD_TARGETS[quick]
+    return case
 
 
 def run(*, quick: bool, seed: int = 0, cache_dir: Any = None, n_jobs: int = 1, progress: bool = False,
@@ -265,9 +300,11 @@ def run(*, quick: bool, seed: int = 0, cache_dir: Any = None, n_jobs: int = 1, p
         results["curves"][name] = group_curves(case, group_sizes, per_size, seed=seed, cache_dir=cache_dir,
                                                progress=progress)
         if name == "cox-support":
+            singles = single_scores(case)
             for alpha in (0.5, 0.8):
                 results["lds"][f"{alpha:g}"] = lds_scores(case, alpha, 20 if quick else 100, seed=seed,
-                                                          cache_dir=cache_dir, n_jobs=n_jobs, progress=progress)
+                                                          cache_dir=cache_dir, n_jobs=n_jobs, progress=progress,
+                                                          singles=singles)
         results["curves"][name]["seconds"]["total"] = time.perf_counter() - start
     return results
 
@@ -280,9 +317,12 @@ def table(results: dict[str, Any]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def plot_curves(axes: Any, frame: pd.DataFrame, case: str, *, metric: str = "pearson") -> None:
-    """``metric`` against group size for every predictor: random groups solid, local groups dashed."""
+def plot_curves(axes: Any, frame: pd.DataFrame, case: str, *, metric: str = "pearson",
+                predictors: tuple[str, ...] = PREDICTORS) -> None:
+    """``metric`` against group size for each of ``predictors``: random groups solid, local groups dashed."""
     for colour, predictor in zip(PALETTE, PREDICTORS):
+        if predictor not in predictors:
+            continue
         for family, style in (("random", "-"), ("local", "--")):
             part = frame[(frame.case == case) & (frame.family == family) & (frame.predictor == predictor)]
             if len(part):
