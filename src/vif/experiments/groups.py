@@ -45,7 +45,7 @@ __all__ = ["Case", "PREDICTORS", "random_groups", "local_groups", "sizes", "make
            "group_curves", "single_scores", "lds_scores", "run", "table", "plot_curves", "add_arguments", "reproduce"]
 
 PREDICTORS = ("group VIF", "summed VIF", "group IF", "2nd order", "Forward-INF")
-FORWARD_TARGETS = {True: 5, False: 10}  # Forward-INF costs n_targets x n_removals forward passes: first K targets
+FORWARD_TARGETS = {True: 5, False: 10}  # Forward-INF costs n_targets x n_removals forward passes: K spread targets
 
 
 @dataclass
@@ -71,12 +71,19 @@ class Case:
     order: np.ndarray | None = None
     forward_targets: int = 10
 
-    def first_targets(self) -> Callable:
-        """The target restricted to its first ``forward_targets`` entries (same signature)."""
-        k, target = self.forward_targets, self.target
+    def forward_columns(self, n_targets: int) -> np.ndarray:
+        """``forward_targets`` target columns spread evenly over all ``n_targets`` (first and last included)."""
+        return np.unique(np.linspace(0, n_targets - 1, min(self.forward_targets, n_targets)).round().astype(int))
+
+    def selected_targets(self) -> Callable:
+        """The target restricted to :meth:`forward_columns` (same signature)."""
+        target = self.target
         if takes_mask(target, None):
-            return lambda params, mask: target(params, mask)[:k]
-        return lambda params: target(params)[:k]
+            ones = torch.ones(self.n_units, dtype=torch.float64, device="cpu")
+            columns = torch.as_tensor(self.forward_columns(target(self.params, ones).numel()), device="cpu")
+            return lambda params, mask: target(params, mask)[columns]
+        columns = torch.as_tensor(self.forward_columns(target(self.params).numel()), device="cpu")
+        return lambda params: target(params)[columns]
 
     @property
     def n_units(self) -> int:
@@ -172,7 +179,7 @@ def predict(case: Case, groups: list[np.ndarray], *, forward: bool = True) -> tu
                                                     groups=groups, **common)
     if forward:
         out["Forward-INF"], seconds["Forward-INF"] = _timed(forward_influence, case.task, case.params,
-                                                            case.first_targets(), groups=groups)
+                                                            case.selected_targets(), groups=groups)
     return out, seconds
 
 
@@ -181,15 +188,15 @@ def _pearson(predicted: torch.Tensor, actual: torch.Tensor, valid: np.ndarray | 
 
 
 def _scores(predicted: dict[str, torch.Tensor], actual: torch.Tensor, valid: np.ndarray | None, rows: np.ndarray,
-            across: str = "units") -> dict[str, dict[str, float]]:
+            across: str = "units", columns: np.ndarray | None = None) -> dict[str, dict[str, float]]:
     """Mean Pearson (across the groups ``rows`` per target, or across targets per group) and relative error.
 
-    A predictor with fewer columns (Forward-INF: the first targets only) is compared on those columns.
+    A predictor with fewer columns (Forward-INF: the targets ``columns`` only) is compared on those columns.
     """
     out = {}
     for name, values in predicted.items():
-        columns = values.shape[1]
-        truth, keep = actual[rows, :columns], None if valid is None else valid[rows, :columns]
+        used = np.arange(actual.shape[1]) if values.shape[1] == actual.shape[1] else columns
+        truth, keep = actual[rows][:, used], None if valid is None else valid[rows][:, used]
         out[name] = {"pearson": correlations(values[rows], truth, valid=keep, across=across).pearson,
                      "relative_error": float(torch.linalg.norm(values[rows] - truth) / torch.linalg.norm(truth))}
     return out
@@ -214,6 +221,7 @@ def group_curves(case: Case, sizes: tuple[int, ...], per_size: int, *, seed: int
     predicted, seconds = predict(case, every)
     seconds["exact refits"] = loo_seconds
     valid = None if case.valid is None else case.valid(every)
+    columns = case.forward_columns(actual.shape[1])
     lengths = np.array([len(group) for group in every])
     result: dict[str, Any] = {"sizes": [size for size in sizes if size <= case.n_units // 2], "seconds": seconds,
                               "n_groups": len(every), "per_size": per_size, "n_units": case.n_units}
@@ -221,12 +229,12 @@ def group_curves(case: Case, sizes: tuple[int, ...], per_size: int, *, seed: int
     for family, groups in families.items():
         rows = np.arange(offset, offset + len(groups))
         offset += len(groups)
-        result[family] = {str(size): _scores(predicted, actual, valid, rows[lengths[rows] == size])
+        result[family] = {str(size): _scores(predicted, actual, valid, rows[lengths[rows] == size], columns=columns)
                           for size in result["sizes"]}
     rows = np.arange(offset, len(every))
     # few named groups (graph communities): correlate across targets, one correlation per group
     result["named_across"] = "units" if len(rows) >= 6 else "targets"
-    result["named"] = _scores(predicted, actual, valid, rows, result["named_across"]) if len(rows) else {}
+    result["named"] = _scores(predicted, actual, valid, rows, result["named_across"], columns) if len(rows) else {}
     result["named_labels"], result["named_sizes"] = list(case.named), [len(group) for group in named]
     result["tensors"] = {"actual": actual, **predicted, "lengths": lengths}
     return result
@@ -244,7 +252,7 @@ def lds_scores(case: Case, alpha: float, n_subsets: int, *, seed: int, cache_dir
     """LDS of every predictor on ``n_subsets`` random subsets keeping ``alpha`` of the units (plain targets).
 
     Summed VIF and group IF are linear datamodels of single-unit scores; group VIF, the second-order step and
-    Forward-INF (first ``forward_targets`` targets) score each complement as one group.
+    Forward-INF (``forward_targets`` spread targets) score each complement as one group.
     ``singles``: :func:`single_scores` of the case, if already computed. Also returns the least-squares scale
     ``c`` minimising ``||c predicted - actual||`` (how much each predictor undershoots the refits).
     """
@@ -257,12 +265,13 @@ def lds_scores(case: Case, alpha: float, n_subsets: int, *, seed: int, cache_dir
     predicted["group VIF"] = influence(case.task, case.params, case.target, groups=complements, hessian=case.hessian)
     predicted["2nd order"] = second_order_influence(case.task, case.params, case.target, groups=complements,
                                                     hessian=case.hessian)
-    # Forward-INF of each whole complement (its mask difference), on the first targets only
-    predicted["Forward-INF"] = forward_influence(case.task, case.params, case.first_targets(), groups=complements)
+    # Forward-INF of each whole complement (its mask difference), on spread targets only
+    predicted["Forward-INF"] = forward_influence(case.task, case.params, case.selected_targets(), groups=complements)
+    columns = case.forward_columns(actual.shape[1])
     scores, scale = {}, {}
     for name in PREDICTORS:
         values = predicted[name]
-        truth = actual[:, :values.shape[1]]
+        truth = actual if values.shape[1] == actual.shape[1] else actual[:, columns]
         scores[name] = lds(values, truth)
         scale[name] = float((values * truth).sum() / (values * values).sum())
     return {"alpha": alpha, "n_subsets": n_subsets, "lds": scores, "least_squares_scale": scale}
