@@ -17,7 +17,7 @@ from scipy.stats import rankdata
 
 from .errors import InputError
 
-__all__ = ["Correlations", "correlations", "relative_error", "ndcg"]
+__all__ = ["Correlations", "correlations", "lds", "relative_error", "ndcg"]
 
 
 @dataclass(frozen=True)
@@ -120,6 +120,27 @@ def correlations(
         n_constant=int((~used).sum()),
         n_excluded=int((~keep).sum()),
     )
+
+
+def lds(
+    predicted: torch.Tensor | np.ndarray,
+    actual: torch.Tensor | np.ndarray,
+    *,
+    valid: torch.Tensor | np.ndarray | None = None,
+) -> float:
+    """Linear datamodeling score (Ilyas et al. 2022; Park et al. 2023): mean Spearman over targets across subsets.
+
+    Args:
+        predicted: ``(n_subsets,)`` or ``(n_subsets, n_targets)`` predicted changes for random subsets (e.g.
+            :func:`vif.datamodels.linear_datamodel` of single-unit influences, or a group estimate of each
+            subset's complement).
+        actual: same shape, the changes of exact refits on the subsets (:func:`vif.datamodels.subset_changes`).
+        valid: optional boolean mask of the same shape (``False`` entries are excluded).
+
+    Returns:
+        The Spearman correlation across subsets, per target, averaged over targets (constant targets left out).
+    """
+    return correlations(predicted, actual, valid=valid, across="units").spearman
 
 
 def relative_error(predicted: torch.Tensor, actual: torch.Tensor) -> float:
