@@ -21,8 +21,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-MODULES = ("logistic", "pairwise", "cox", "embedding", "ranking", "ranking_hessian", "neural_cox")
-MODULES = ("logistic", "pairwise", "cox", "embedding", "ranking", "ranking_hessian", "contrastive")
+MODULES = ("logistic", "pairwise", "cox", "embedding", "ranking", "ranking_hessian", "neural_cox", "contrastive")
 
 __all__ = list(MODULES)
 
