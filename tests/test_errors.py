@@ -281,15 +281,15 @@ def test_float32_fits_default_to_a_float32_tolerance_and_name_float32_when_too_t
     ones = torch.ones(N, dtype=torch.float32)
     X32, Y32 = X.float(), Y.float()
     fitted = vif.fit.newton(lambda b, m: 0.5 * (m * (Y32 - X32 @ b).square()).sum() + 0.5 * b.square().sum(),
-                            torch.zeros(2), ones)
+                            torch.zeros(2, dtype=torch.float32), ones)
     assert fitted.dtype == torch.float32
     assert vif.fit.default_gtol("newton", torch.float32) > vif.fit.default_gtol("newton", torch.float64)
 
     def noisy(beta, mask):  # float32 rounding: the gradient cannot get below ~1e-6 here
-        return (mask[:, None] * (torch.linspace(-1, 1, N)[:, None] * 1e3 - beta * 1e3).square()).sum() / 1e3
+        return (mask[:, None] * (torch.linspace(-1, 1, N, dtype=torch.float32)[:, None] * 1e3 - beta * 1e3).square()).sum() / 1e3
 
     with pytest.raises(ConvergenceError, match="float32"):
-        vif.fit.newton(noisy, torch.zeros(1), ones, gtol=1e-12)
+        vif.fit.newton(noisy, torch.zeros(1, dtype=torch.float32), ones, gtol=1e-12)
 
 
 def test_the_unit_params_check_can_be_skipped_explicitly():

@@ -216,10 +216,12 @@ def test_lds_harness_resumes_and_runs_in_parallel(tmp_path):
     subsets = datamodels.sample_subsets(N, 12, 0.5, seed=0)
     flaky = FlakyFit(fail_after=5)
     with pytest.raises(RuntimeError, match="interrupted"):
-        datamodels.subset_changes(flaky, BETA, target, subsets, n_units=N, cache_dir=tmp_path)
+        datamodels.subset_changes(flaky, BETA, target, subsets, n_units=N, cache_dir=tmp_path,
+                                  cache_key="ridge")
     assert len(list(tmp_path.glob("loo-*/group-*.pt"))) == 5
     resumed = FlakyFit()
-    actual = datamodels.subset_changes(resumed, BETA, target, subsets, n_units=N, cache_dir=tmp_path)
+    actual = datamodels.subset_changes(resumed, BETA, target, subsets, n_units=N, cache_dir=tmp_path,
+                                  cache_key="ridge")
     assert resumed.calls == 7  # only the missing refits ran
     torch.testing.assert_close(actual, _subset_truth(subsets), rtol=1e-10, atol=1e-12)
     parallel = datamodels.subset_changes(fit, BETA, target, subsets, n_units=N, n_jobs=2)

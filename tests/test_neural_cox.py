@@ -64,8 +64,10 @@ def test_structured_hook_equals_autodiff_on_tied_data(ties):
     torch.testing.assert_close(fast, reference, rtol=1e-10, atol=1e-10)
     # and through the engine: the task (hook) against its bare objective (autodiff)
     target = lambda p: task.risk(p, task.data.x[:4])  # noqa: E731
-    hooked = vif.influence(task, params, target, units=range(15), damping=50.0)
-    bare = vif.influence(task.objective, params, target, n_units=task.n_units, units=range(15), damping=50.0)
+    # params need not be a minimiser to compare two ways of computing the same gradient differences
+    hooked = vif.influence(task, params, target, units=range(15), damping=50.0, on_unconverged="warn")
+    bare = vif.influence(task.objective, params, target, n_units=task.n_units, units=range(15), damping=50.0,
+                         on_unconverged="warn")
     torch.testing.assert_close(hooked, bare, rtol=1e-10, atol=1e-10)
 
 

@@ -17,7 +17,7 @@ import importlib
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
-from . import errors, fit, hessian, metrics, params, solvers
+from . import datamodels, errors, fit, forward, hessian, metrics, params, solvers, structured, trust
 from .influence import influence, parameter_influence
 from .loo import leave_one_out
 from .task import Task
@@ -32,8 +32,10 @@ _LAZY_SUBMODULES = {"tasks", "experiments", "datasets", "plotting", "threads", "
 __all__ = [
     "Task",
     "__version__",
+    "datamodels",
     "errors",
     "fit",
+    "forward",
     "hessian",
     "influence",
     "leave_one_out",
@@ -41,6 +43,8 @@ __all__ = [
     "parameter_influence",
     "params",
     "solvers",
+    "structured",
+    "trust",
 ]
 
 

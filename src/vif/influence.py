@@ -198,8 +198,9 @@ def influence(
         target: ``target(params) -> scalar or (n_targets,)``, or mask-aware ``target(params, mask)``
             (detected from its signature, or set ``target_takes_mask``), evaluated at ``m = 1 - r``
             for removal ``r``: use it when removing a unit changes what the target measures.
-        n_units, method, hessian, damping, eps, units, groups, chunk_size, vectorize, unit_params,
-            check_unit_params, on_unconverged, stationarity_tol: see :func:`parameter_influence`.
+        n_units: as in :func:`parameter_influence`, and so are ``method``, ``hessian``, ``damping``, ``eps``,
+            ``units``, ``groups``, ``chunk_size``, ``vectorize``, ``unit_params``, ``check_unit_params``,
+            ``on_unconverged`` and ``stationarity_tol``.
         target_takes_mask: override the signature detection. A target with two required positional
             parameters is taken to be mask-aware; declare ``target_takes_mask=False`` (and bind extra arguments
             with ``functools.partial``) when its second parameter is not the mask.
@@ -209,7 +210,7 @@ def influence(
     Returns:
         Tensor ``(n_removals,)`` for a scalar target, else ``(n_removals, n_targets)``; with ``diagnostics``
         the pair ``(estimates, report)``.
-        Sign convention: ``influence[i] ~= f(theta_without_i) - f(theta_hat)``.
+        The sign convention is ``influence[i] ~= f(theta_without_i) - f(theta_hat)``.
 
     Notes:
         ``influence[i, t] = -grad f_t . H^-1 D_i`` with ``D_i`` the (finite-difference or infinitesimal)

@@ -27,7 +27,7 @@ weak weight decay, :mod:`vif.experiments.trust`, chapter 3):
 
 * ``unreliable[i, t] = risk[i, t] > 1`` with ``risk = |correction| / median_i |estimate|`` per target: the
   estimated error exceeds the typical effect. This is the indicator to use with a target (ROC AUC for
-  "|error| > median |actual change|": 0.99 on the MLP, 0.92 on karate).
+  ``|error| > median |actual change|``: 0.99 on the MLP, 0.92 on karate).
 * ``flagged[i] = newton[i] > 0.5``: the next Newton step is more than half the estimate's own step, so the
   removal leaves the region where the quadratic model holds; excluding flagged units raised the mean
   correlation with refits from 0.67 to 0.85 (MLP) and from 0.83 to 0.93 (karate).
@@ -114,9 +114,9 @@ def trust(
     """Trust diagnostics of the VIF estimate (``method="vif"``, ``eps=1``) for every unit or group.
 
     Args:
-        objective, params, n_units, hessian, damping, units, groups, chunk_size, vectorize, unit_params,
-            check_unit_params, on_unconverged, stationarity_tol: as in :func:`vif.influence`
-            (use the same values as the estimate).
+        objective: as in :func:`vif.influence`, and so are ``params``, ``n_units``, ``hessian``, ``damping``,
+            ``units``, ``groups``, ``chunk_size``, ``vectorize``, ``unit_params``, ``check_unit_params``,
+            ``on_unconverged`` and ``stationarity_tol`` (use the same values as the estimate).
         target: optional ``target(params)`` or mask-aware ``target(params, mask)``; gives ``correction``.
         threshold: ``newton`` above it is flagged (default :data:`RECOMMENDED_THRESHOLD`).
         risk_threshold: ``risk`` above it is unreliable (default :data:`RECOMMENDED_RISK`).

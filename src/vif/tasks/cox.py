@@ -208,7 +208,7 @@ def relative_hazard(X_test: Any, dtype: torch.dtype = torch.float64) -> Callable
 
 def log_partial_likelihood(X_test: Any, time: Any, event: Any, *, ties: str = "breslow"
                            ) -> Callable[[torch.Tensor], torch.Tensor]:
-    """Target ``beta -> `` the (positive) partial log-likelihood of held-out patients, a scalar."""
+    """Target ``beta -> loglik(beta)``: the (positive) partial log-likelihood of held-out patients, a scalar."""
     test_loss = objective(X_test, time, event, ties=ties)
     data = test_loss.data  # type: ignore[attr-defined]
     full = torch.ones(data.n, dtype=data.x.dtype, device=data.x.device)

@@ -14,7 +14,7 @@ The list normaliser is ``Z_q(m) = sum_j m_j exp(s_qj)``; relevance weights are `
 * ``softmax`` (the paper's): ``-(1/|A_q|) sum_j w_qj (s_qj - log Z_q)``;
 * ``listnet`` (Cao et al. 2007, top-one probabilities): ``-sum_j P_qj (s_qj - log Z_q)`` with target
   ``P_qj = m_j exp(r_qj) / sum_k m_k exp(r_qk)``;
-* ``listmle`` (Xia et al. 2008, top-|A| Plackett-Luce likelihood): the relevant items, in increasing
+* ``listmle`` (Xia et al. 2008, top-``|A|`` Plackett-Luce likelihood): the relevant items, in increasing
   item index, are placed before all others; ``-(1/|A_q|) sum_j w_qj (s_qj - log Z_qj)`` where ``Z_qj``
   sums ``m_k exp(s_qk)`` over the items not yet placed (relevant ``k >= j`` and every irrelevant ``k``).
 
