@@ -140,29 +140,38 @@ class Problem:
 
         The Jacobian costs ``n_params`` reverse passes; the alternative costs one pass per removal or target.
         """
+        n_params = self.theta.numel()
+        wanted = self.vectorize and n_params < alternative_passes and n_params <= 4096
         if method == "vif" and not self.mask_linear:
             declared = self.hooks.mask_linear
+            if declared and wanted:  # declared: build the Jacobian the route needs first, and verify with it
+                self._build_mask_jacobian()
             if declared or (declared is None and alternative_passes >= LINEARITY_CHECK_MIN_REMOVALS):
                 self.mask_linear = self._linear_in_mask(declared=bool(declared))
-        n_params = self.theta.numel()
-        if self.route(method) == "if" and self.vectorize and n_params < alternative_passes and n_params <= 4096:
-            self.mask_jacobian = jacrev(lambda mask: grad(self.flat_objective)(self.theta, mask), chunk_size=64)(self.ones)
+        if self.route(method) == "if" and wanted and self.mask_jacobian is None:
+            self._build_mask_jacobian()
+
+    def _build_mask_jacobian(self) -> None:
+        """``d g / d m`` at ``m = 1``, shape ``(n_params, n_units)``: ``n_params`` reverse passes, vmapped."""
+        self.mask_jacobian = jacrev(lambda mask: grad(self.flat_objective)(self.theta, mask), chunk_size=64)(self.ones)
 
     def _linear_in_mask(self, *, declared: bool) -> bool:
-        """Whether ``g(1 - v) - g(1) = -(d g / d m) v`` for a dense random ``v`` and for three single units.
+        """Whether ``g(1 - v) - g(1) = -(d g / d m) v`` for a dense random ``v`` and for two single units.
 
         A finite difference against the mask derivative (not a second derivative, which piecewise-linear
-        objectives would fool), to ``1e-8`` of the gradients' scale. A declared linearity that fails raises.
+        objectives would fool), to ``1e-8`` of the gradients' scale; the derivative from the mask Jacobian when
+        it is built, else one forward-over-reverse pass. A declared linearity that fails raises.
         """
         generator = torch.Generator(device="cpu").manual_seed(0)
         dense = torch.rand(self.n_units, generator=generator, dtype=self.theta.dtype, device="cpu").to(self.ones.device)
-        units = torch.randperm(self.n_units, generator=generator, device="cpu")[:3]
+        units = torch.randperm(self.n_units, generator=generator, device="cpu")[:2]
         directions = [dense] + [torch.nn.functional.one_hot(unit, self.n_units).to(self.ones) for unit in units]
         gradient_at = grad(self.flat_objective)
         try:
             for direction in directions:
                 difference = gradient_at(self.theta, self.ones - direction) - self.full_gradient
-                derivative = jvp(lambda mask: gradient_at(self.theta, mask), (self.ones,), (direction,))[1]
+                derivative = (self.mask_jacobian @ direction if self.mask_jacobian is not None else
+                              jvp(lambda mask: gradient_at(self.theta, mask), (self.ones,), (direction,))[1])
                 scale = max(float(difference.abs().max()), float(derivative.abs().max()), 1e-300)
                 if not bool(torch.isfinite(difference).all()) or float((difference + derivative).abs().max()) > 1e-8 * scale:
                     break
