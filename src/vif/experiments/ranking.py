@@ -141,16 +141,18 @@ METHODS = ("VIF", "VIF-HO", "IF")
 
 
 def compare(
-    s: RankingSetup, *, cache_dir: str | Path | None = None, progress: bool = True, unmasked: bool = True
+    s: RankingSetup, *, cache_dir: str | Path | None = None, progress: bool = True, unmasked: bool = True,
+    hessian: torch.Tensor | None = None,
 ) -> dict[str, Any]:
     """VIF, VIF-HO and IF against exact LOO, masked (and, if ``unmasked``, unmasked) targets.
 
     Correlations are per test query (:func:`vif.metrics.correlations`). Seconds: ``hessian_seconds`` (closed
-    form and Cholesky factor, shared), ``vif_seconds`` and ``held_out_seconds`` (each including the shared
+    form, unless the caller passes the dense ``hessian`` it already built, and one Cholesky factor shared by
+    every estimate and the refits), ``vif_seconds`` and ``held_out_seconds`` (each including the shared
     Hessian), ``loo_seconds`` (all exact refits; 0 when they come from the cache).
     """
     start = time.perf_counter()
-    solver = cholesky_solver(s.task.hessian(s.params))
+    solver = cholesky_solver(s.task.hessian(s.params) if hessian is None else hessian)
     hessian_seconds = time.perf_counter() - start
     seconds, predicted = {}, {}
     for name, options in [("VIF", {}), ("VIF-HO", dict(held_out=True)), ("IF", dict(method="if"))]:
