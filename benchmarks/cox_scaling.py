@@ -31,6 +31,7 @@ import time
 
 import numpy as np
 
+METHODS = ("vif", "vif_autodiff", "if", "loo", "lifelines")
 DEFAULT_SIZES = (1000, 5000, 20000)
 FULL_SIZES = (1000, 5000, 20000, 50000, 100000)
 
@@ -106,7 +107,7 @@ def _cell(row: dict, method: str) -> str:
 
 
 def _ratio(row: dict, method: str) -> str:
-    return "-" if row[method] is None else f"{row[method]['seconds'] / row['vif']['seconds']:.0f}x"
+    return "-" if row[method] is None or row["vif"] is None else f"{row[method]['seconds'] / row['vif']['seconds']:.0f}x"
 
 
 def main() -> None:
@@ -119,6 +120,7 @@ def main() -> None:
     parser.add_argument("--lifelines-max", type=int, default=20000)
     parser.add_argument("--autodiff-max", type=int, default=20000)
     parser.add_argument("--if-reruns", type=int, default=5, help="fresh IF processes at the largest n <= 20,000")
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     parser.add_argument("--json", default=None)
     parser.add_argument("--worker", nargs=4, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -136,8 +138,8 @@ def main() -> None:
               f"{'autodiff/VIF':>12} {'LOO/VIF':>9}")
         for n in sizes:
             row = {"n": n, "ties": ties}
-            for method in ("vif", "vif_autodiff", "if", "loo", "lifelines"):
-                skip = ((method == "lifelines" and (ties != "efron" or n > args.lifelines_max))
+            for method in METHODS:
+                skip = (method not in args.methods or (method == "lifelines" and (ties != "efron" or n > args.lifelines_max))
                         or (method == "vif_autodiff" and n > args.autodiff_max))
                 row[method] = None if skip else _fresh(method, n, ties, options)
             rows.append(row)
@@ -145,13 +147,15 @@ def main() -> None:
                   f"{_cell(row, 'loo'):>16} {_cell(row, 'lifelines'):>14} {_ratio(row, 'vif_autodiff'):>12} "
                   f"{_ratio(row, 'loo'):>9}", flush=True)
         for method in ("vif", "if", "loo"):
+            if method not in args.methods:
+                continue
             done = [r for r in rows if r["ties"] == ties and r[method] is not None]
             print(f"  scaling exponent of {method}: "
                   f"{_exponent([r['n'] for r in done], [r[method]['seconds'] for r in done]):.2f}")
     print("VIF autodiff: timed on", args.autodiff_units, "units and scaled; LOO: warm Newton timed on",
           args.loo_units, "refits and scaled; lifelines skipped above n =", args.lifelines_max, "and for Breslow.")
     reruns = [n for n in sizes if n <= 20000]
-    if args.if_reruns and reruns:
+    if args.if_reruns and reruns and "if" in args.methods:
         n = max(reruns)
         results = [_fresh("if", n, args.ties[0], options) for _ in range(args.if_reruns)]
         peaks, seconds = [r["peak_gb"] for r in results], [r["seconds"] for r in results]

@@ -129,3 +129,19 @@ def test_a_wrong_mask_linear_declaration_is_named():
     task = Declared(x, time, event)
     with pytest.raises(InputError, match="mask_linear = True"):
         vif.influence(task, torch.zeros(3, dtype=torch.float64), lambda beta: beta.sum())
+
+
+@pytest.mark.parametrize("eps", [1.0, 0.3])
+def test_efron_power_series_path_equals_autodiff_on_large_risk_sets(eps):
+    from vif.tasks import cox_gradients
+
+    x, time, event, _ = _tied_data(n=400, seed=5)
+    task = cox.CoxRegression(x, time, event, ties="efron")
+    beta = torch.tensor([0.3, -0.5, 0.2], dtype=torch.float64)
+    masks = 1.0 - eps * torch.eye(400, dtype=torch.float64)
+    sums = task._gradients._at(beta)
+    ratio = eps * sums["e"].max() / sums["smallest"][:5].min()
+    assert ratio < cox_gradients.SERIES_RATIO  # the early groups take the series path
+    fast = task.mask_gradient_differences(beta, masks)
+    reference = torch.func.vmap(lambda m: grad(task.objective)(beta, m))(masks) - grad(task.objective)(beta, masks[0] * 0 + 1)
+    torch.testing.assert_close(fast, reference, rtol=0, atol=1e-10)

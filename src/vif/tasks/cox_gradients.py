@@ -33,6 +33,11 @@ from ..errors import MaskError
 
 __all__ = ["CoxGradients"]
 
+#: Efron: a change ``t`` of a risk-set sum up to this fraction of the group's smallest slot denominator uses
+#: the power series (``TERMS`` terms: truncation below ``SERIES_RATIO ** TERMS = 1e-18`` relative)
+SERIES_RATIO = 0.1
+TERMS = 18
+
 
 @dataclass(frozen=True)
 class _Groups:
@@ -106,8 +111,7 @@ class CoxGradients:
         sums["cumulative_a"] = torch.cumsum(sums["a"], 0)
         if self.ties == "efron":  # per event slot at the full mask: 1 / (S_h - (s/m_h) D_h) and s/m_h
             fraction = g.slot.to(x.dtype) / W[g.event_group]
-            sums["slot_term"] = (S[g.event_group] - fraction * D[g.event_group]).reciprocal()
-            sums["slot_fraction"], sums["scale"] = fraction, W / W.clamp(min=1.0)
+            sums.update(self._efron_moments(S[g.event_group] - fraction * D[g.event_group], fraction, W))
         self._cache = (key, sums)
         return sums
 
@@ -182,24 +186,38 @@ class CoxGradients:
         change = (dW * S - W * dS) / (S * (S + dS))
         return torch.where(W + dW == 0, -a.expand_as(change), change), None
 
+    def _efron_moments(self, denominator: torch.Tensor, fraction: torch.Tensor, W: torch.Tensor) -> dict:
+        """Per event group: ``P[k, h] = sum_s c_s^-(k+2)`` and ``Pb[k, h] = sum_s f_s c_s^-(k+2)`` (``k < TERMS``).
+
+        ``c_s = S_h - f_s D_h`` are the group's slot denominators at the full mask, ``f_s = s / m_h``.
+        Then ``sum_s [1/(c_s + t) - 1/c_s] = sum_{k>=1} (-t)^k P[k-1, h]`` for ``|t| < min_s c_s``.
+        """
+        group, E = self.groups.event_group, self.groups.n_groups
+        inverse = denominator.reciprocal()
+        powers = inverse[:, None] ** torch.arange(2, TERMS + 2, dtype=inverse.dtype, device=inverse.device)  # (n_ev, K)
+        moments = inverse.new_zeros(E, TERMS).index_add_(0, group, powers)
+        weighted = inverse.new_zeros(E, TERMS).index_add_(0, group, fraction[:, None] * powers)
+        smallest = inverse.new_full((E,), float("inf")).scatter_reduce_(0, group, denominator, "amin")
+        return {"moments": moments.T.contiguous(), "weighted_moments": weighted.T.contiguous(), "smallest": smallest,
+                "scale": W / W.clamp(min=1.0)}
+
     def _efron_change(self, sums: dict, dS: torch.Tensor, per_group: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(a' - a, b' - b)`` ``(k, H)`` for Efron.
 
-        Where only ``S`` changes, per slot ``1/(c + dS) - 1/c = -dS / (c (c + dS))`` summed over each group's
-        slots (by cumulative sums); the few groups whose events change are recomputed exactly.
+        Where only ``S`` changes, by ``t = dS`` with ``|t| <= SERIES_RATIO`` times the group's smallest slot
+        denominator, the exact power series of :meth:`_efron_moments` truncated after ``TERMS`` terms (error
+        below ``SERIES_RATIO ** TERMS`` relative); everywhere else (a group whose events change, or a risk set
+        the change nearly empties) the group's slots are summed exactly.
         """
-        g, H = self.groups, dS.shape[1]
-        n_events = int(g.events_before[H])
-        dS_slot = torch.repeat_interleave(dS, g.count[:H], dim=1)  # (k, n_events): dS of each slot's group
-        term = sums["slot_term"][:n_events]
-        d_term = -dS_slot * term * term / (1.0 + dS_slot * term)
-        ends = g.events_before[1:H + 1] - 1
-        sums_per_group = []
-        for values in (d_term, d_term * sums["slot_fraction"][:n_events]):
-            at_ends = torch.cumsum(values, 1)[:, ends]
-            sums_per_group.append(torch.diff(at_ends, dim=1, prepend=at_ends.new_zeros(len(at_ends), 1)) * sums["scale"][:H])
-        da, db = sums_per_group
-        rows, groups = torch.nonzero(per_group[:, :, 1:].ne(0).any(2), as_tuple=True)
+        H = dS.shape[1]
+        minus_t = -dS
+        series = [sums[name][TERMS - 1, :H].expand_as(dS).clone() for name in ("moments", "weighted_moments")]
+        for k in range(TERMS - 2, -1, -1):  # Horner in -t
+            for accumulated, name in zip(series, ("moments", "weighted_moments")):
+                accumulated.mul_(minus_t).add_(sums[name][k, :H])
+        da, db = (accumulated.mul_(minus_t).mul_(sums["scale"][:H]) for accumulated in series)
+        exact = (dS.abs() > SERIES_RATIO * sums["smallest"][:H]) | per_group[:, :, 1:].ne(0).any(2)
+        rows, groups = torch.nonzero(exact, as_tuple=True)
         if rows.numel():
             sub = per_group[rows, groups]
             a, b = self._coefficients((sums["S"][groups] + dS[rows, groups])[None], (sums["D"][groups] + sub[:, 2])[None],
