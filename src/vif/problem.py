@@ -154,6 +154,10 @@ class Problem:
     def _build_mask_jacobian(self) -> None:
         """``d g / d m`` at ``m = 1``, shape ``(n_params, n_units)``: ``n_params`` reverse passes, vmapped."""
         self.mask_jacobian = jacrev(lambda mask: grad(self.flat_objective)(self.theta, mask), chunk_size=64)(self.ones)
+        # the IF's D rows are rows of -J^T: store them contiguous once (a row gather per chunk, no strided copy),
+        # and check finiteness once instead of per chunk
+        self._negated_rows = -self.mask_jacobian.T.contiguous()
+        self._jacobian_finite = bool(torch.isfinite(self._negated_rows).all())
 
     def _linear_in_mask(self, *, declared: bool) -> bool:
         """Whether ``g(1 - v) - g(1) = -(d g / d m) v`` for a dense random ``v`` and for two single units.
@@ -223,7 +227,9 @@ class Problem:
         """``D`` of shape ``(len(rows), n_params)`` with ``delta_theta = -H^-1 D[row]`` (module notes)."""
         requested, method = method, self.route(method)
         if method == "if" and self.mask_jacobian is not None:
-            differences = -removals.combine(self.mask_jacobian.T, rows)
+            differences = removals.combine(self._negated_rows, rows)
+            if self._jacobian_finite:
+                return differences
         elif method == "vif" and self.hooks.sparse is not None:
             position, units = self._changed_entries(removals, rows)
             values = torch.full(units.shape, 1.0 - eps, dtype=self.theta.dtype, device=self.theta.device)
