@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch.func import grad, jacrev, jvp, vmap
@@ -17,19 +18,44 @@ from .errors import InputError, NonFiniteError, VIFError
 from .params import Params, check_finite, flatten
 from .removals import Removals
 
-__all__ = ["Problem", "resolve_task", "takes_mask"]
+__all__ = ["Problem", "TaskHooks", "resolve_task", "takes_mask"]
+
+#: removals at or above which VIF checks whether the objective is linear in the mask (a few passes)
+LINEARITY_CHECK_MIN_REMOVALS = 16
 
 
-def resolve_task(objective: object, n_units: int | None) -> tuple[Callable, int, Callable | None]:
+@dataclass(frozen=True)
+class TaskHooks:
+    """A task's optional fast paths and declarations (all optional; see :class:`vif.task.Task`).
+
+    Attributes:
+        dense: ``mask_gradient_differences(params, masks (k, n)) -> (k, n_params)``.
+        sparse: ``mask_change_gradient_differences(params, rows, units, values, k) -> (k, n_params)``: the same
+            for ``k`` masks equal to 1 except ``mask[rows[j], units[j]] = values[j]`` (no dense mask built).
+        mask_linear: ``True``: the task declares ``L(theta, m)`` linear in ``m`` (verified before use);
+            ``False``: it is not (no check); ``None``: the engine checks when it could pay off.
+    """
+
+    dense: Callable | None = None
+    sparse: Callable | None = None
+    mask_linear: bool | None = None
+
+
+def resolve_task(objective: object, n_units: int | None) -> tuple[Callable, int, TaskHooks | None]:
     """Accept a task or a bare ``objective(params, mask)`` with ``n_units``.
 
-    Returns ``(objective, n_units, hook)``: a task's ``objective`` and ``n_units``, and its optional fast path
-    ``mask_gradient_differences`` (see :class:`vif.task.Task`), ``None`` for a bare objective.
+    Returns ``(objective, n_units, hooks)``: a task's ``objective`` and ``n_units`` and its optional fast paths
+    and declarations (:class:`TaskHooks`); ``None`` for a bare objective.
     """
     task_objective = getattr(objective, "objective", None)
     if callable(task_objective) and hasattr(objective, "n_units"):
-        hook = getattr(objective, "mask_gradient_differences", None)
-        return task_objective, objective.n_units if n_units is None else n_units, hook if callable(hook) else None
+        found = {name: getattr(objective, attribute, None) for name, attribute in
+                 (("dense", "mask_gradient_differences"), ("sparse", "mask_change_gradient_differences"))}
+        linear = getattr(objective, "mask_linear", None)
+        if linear is not None and not isinstance(linear, bool):
+            raise InputError(f"A task's mask_linear must be True, False or absent, got {linear!r}.")
+        hooks = TaskHooks(**{k: v if callable(v) else None for k, v in found.items()}, mask_linear=linear)
+        return task_objective, objective.n_units if n_units is None else n_units, hooks
     if n_units is None:
         raise InputError("n_units is required with a bare objective(params, mask) (the length of the mask).")
     return objective, n_units, None
@@ -54,7 +80,7 @@ class Problem:
     """An objective at its minimiser, flattened, with the checks every entry point needs."""
 
     def __init__(self, objective: Callable, params: Params, n_units: int, *, vectorize: bool,
-                 hook: Callable | None = None) -> None:
+                 hook: TaskHooks | Callable | None = None) -> None:
         if not callable(objective):
             raise InputError(f"objective must be callable as objective(params, mask), got {type(objective).__name__}.")
         if isinstance(n_units, bool) or not isinstance(n_units, int) or n_units < 1:
@@ -63,7 +89,9 @@ class Problem:
         self.theta, self.unflatten = flatten(params)
         self.n_units = n_units
         self.vectorize = vectorize
-        self.hook = hook  # a task's closed-form g(m) - g(1); autodiff below is the reference
+        # a task's closed-form g(m) - g(1) (a bare callable is the dense hook); autodiff below is the reference
+        self.hooks = hook if isinstance(hook, TaskHooks) else TaskHooks(dense=hook)
+        self.mask_linear = False  # set by prefer_mask_jacobian once linearity in the mask is verified
         self.ones = torch.ones(n_units, dtype=self.theta.dtype, device=self.theta.device)
         value = self._call_checked(self.theta, self.ones)
         if value.ndim != 0:
@@ -99,14 +127,70 @@ class Problem:
         """``L(theta, 1)``: the function whose Hessian the solvers invert."""
         return self.flat_objective(theta, self.ones)
 
+    def route(self, method: str) -> str:
+        """The route that computes ``method``: ``"if"`` for VIF when the objective is linear in the mask.
+
+        If ``L(theta, m)`` is linear in ``m``, ``g(1 - eps r) - g(1) = -eps sum_j r_j d g / d m_j`` exactly, so
+        VIF equals the IF and takes its (one-pass Jacobian) route.
+        """
+        return "if" if method == "vif" and self.mask_linear else method
+
     def prefer_mask_jacobian(self, method: str, alternative_passes: int) -> None:
-        """For the IF, build ``d g / d m`` for all units at once when that takes fewer passes.
+        """Check linearity in the mask (VIF), then build ``d g / d m`` for all units when that takes fewer passes.
 
         The Jacobian costs ``n_params`` reverse passes; the alternative costs one pass per removal or target.
         """
         n_params = self.theta.numel()
-        if method == "if" and self.vectorize and n_params < alternative_passes and n_params <= 4096:
-            self.mask_jacobian = jacrev(lambda mask: grad(self.flat_objective)(self.theta, mask), chunk_size=64)(self.ones)
+        wanted = self.vectorize and n_params < alternative_passes and n_params <= 4096
+        if method == "vif" and not self.mask_linear:
+            declared = self.hooks.mask_linear
+            if declared and wanted:  # declared: build the Jacobian the route needs first, and verify with it
+                self._build_mask_jacobian()
+            if declared or (declared is None and alternative_passes >= LINEARITY_CHECK_MIN_REMOVALS):
+                self.mask_linear = self._linear_in_mask(declared=bool(declared))
+        if self.route(method) == "if" and wanted and self.mask_jacobian is None:
+            self._build_mask_jacobian()
+
+    def _build_mask_jacobian(self) -> None:
+        """``d g / d m`` at ``m = 1``, shape ``(n_params, n_units)``: ``n_params`` reverse passes, vmapped."""
+        self.mask_jacobian = jacrev(lambda mask: grad(self.flat_objective)(self.theta, mask), chunk_size=64)(self.ones)
+        # the IF's D rows are rows of -J^T: store them contiguous once (a row gather per chunk, no strided copy),
+        # and check finiteness once instead of per chunk
+        self._negated_rows = -self.mask_jacobian.T.contiguous()
+        self._jacobian_finite = bool(torch.isfinite(self._negated_rows).all())
+
+    def _linear_in_mask(self, *, declared: bool) -> bool:
+        """Whether ``g(1 - v) - g(1) = -(d g / d m) v`` for a dense random ``v`` and for two single units.
+
+        A finite difference against the mask derivative (not a second derivative, which piecewise-linear
+        objectives would fool), to ``1e-8`` of the gradients' scale; the derivative from the mask Jacobian when
+        it is built, else one forward-over-reverse pass. A declared linearity that fails raises.
+        """
+        generator = torch.Generator(device="cpu").manual_seed(0)
+        dense = torch.rand(self.n_units, generator=generator, dtype=self.theta.dtype, device="cpu").to(self.ones.device)
+        units = torch.randperm(self.n_units, generator=generator, device="cpu")[:2]
+        directions = [dense] + [torch.nn.functional.one_hot(unit, self.n_units).to(self.ones) for unit in units]
+        gradient_at = grad(self.flat_objective)
+        try:
+            for direction in directions:
+                difference = gradient_at(self.theta, self.ones - direction) - self.full_gradient
+                derivative = (self.mask_jacobian @ direction if self.mask_jacobian is not None else
+                              jvp(lambda mask: gradient_at(self.theta, mask), (self.ones,), (direction,))[1])
+                scale = max(float(difference.abs().max()), float(derivative.abs().max()), 1e-300)
+                if not bool(torch.isfinite(difference).all()) or float((difference + derivative).abs().max()) > 1e-8 * scale:
+                    break
+            else:
+                return True
+        except (RuntimeError, ValueError, VIFError) as error:
+            if declared:
+                raise InputError(f"The task declares mask_linear = True but checking it failed: {error}") from error
+            return False
+        if declared:
+            raise InputError(
+                "The task declares mask_linear = True, but g(1 - r) - g(1) differs from the mask derivative "
+                "(the objective is not linear in its mask); remove the declaration."
+            )
+        return False
 
     def map(self, function: Callable, *batches: torch.Tensor) -> torch.Tensor:
         """Apply ``function`` to rows of ``batches``: vmap, or a Python loop when ``vectorize=False``.
@@ -130,13 +214,29 @@ class Problem:
                 "vectorize=False (slower: one unit at a time)."
             ) from error
 
+    @staticmethod
+    def _changed_entries(removals: Removals, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(position, units)``: the mask of row ``position[j]`` (``0 .. len(rows)-1``) changes at ``units[j]``."""
+        if removals.groups is None:
+            return torch.arange(len(rows), device=rows.device), removals.index[rows]
+        members = [removals.members(int(row)) for row in rows]
+        sizes = torch.tensor([len(member) for member in members], device=rows.device)
+        return torch.repeat_interleave(torch.arange(len(rows), device=rows.device), sizes), torch.cat(members)
+
     def gradient_differences(self, removals: Removals, rows: torch.Tensor, method: str, eps: float) -> torch.Tensor:
         """``D`` of shape ``(len(rows), n_params)`` with ``delta_theta = -H^-1 D[row]`` (module notes)."""
+        requested, method = method, self.route(method)
         if method == "if" and self.mask_jacobian is not None:
-            differences = -removals.combine(self.mask_jacobian.T, rows)
-        elif method == "vif" and self.hook is not None:
+            differences = removals.combine(self._negated_rows, rows)
+            if self._jacobian_finite:
+                return differences
+        elif method == "vif" and self.hooks.sparse is not None:
+            position, units = self._changed_entries(removals, rows)
+            values = torch.full(units.shape, 1.0 - eps, dtype=self.theta.dtype, device=self.theta.device)
+            differences = self.hooks.sparse(self.unflatten(self.theta), position, units, values, len(rows)) / eps
+        elif method == "vif" and self.hooks.dense is not None:
             masks = self.ones - eps * removals.directions(rows)
-            differences = self.hook(self.unflatten(self.theta), masks) / eps
+            differences = self.hooks.dense(self.unflatten(self.theta), masks) / eps
         elif method == "vif":
             gradient_at = grad(self.flat_objective)
             masked = self.map(lambda mask: gradient_at(self.theta, mask), self.ones - eps * removals.directions(rows))
@@ -149,7 +249,7 @@ class Problem:
         finite = torch.isfinite(differences).all(dim=1)
         if not bool(finite.all()):
             bad = [removals.label(int(row)).split()[1] for row in rows[~finite][:10]]
-            what = "with the unit removed" if method == "vif" else "differentiated with respect to the mask"
+            what = "with the unit removed" if requested == "vif" else "differentiated with respect to the mask"
             noun = "unit(s)" if removals.groups is None else "group(s)"
             raise NonFiniteError(
                 f"The gradient of the objective {what} is not finite for {noun} {', '.join(bad)}"

@@ -204,8 +204,9 @@ def speed(dataset: str = "support", *, n_train: int, n_targets: int = 200, seed:
           loo_units: int | None = None, paper_units: int = 3, threads: int | None = 1) -> dict[str, Any]:
     """Seconds of every method on one training size, all units; LOO extrapolated from ``loo_units`` if given.
 
-    Returns the sizes, ``seconds`` (vif, if, lifelines_delta_beta, loo_exact, loo_paper), ``speedup`` and
-    the process's peak resident memory after the VIF pass (``peak_rss_gb``, Linux ``ru_maxrss``).
+    Returns the sizes, ``seconds`` (vif, if, lifelines_delta_beta, loo_exact, loo_paper), ``speedup``, the
+    process's peak resident memory after the VIF pass (``peak_rss_gb``, Linux ``ru_maxrss``) and ``paths``:
+    which engine path produced the VIF and IF seconds.
     """
     import resource
 
@@ -222,7 +223,12 @@ def speed(dataset: str = "support", *, n_train: int, n_targets: int = 200, seed:
         _, t_paper = _timed(paper_loo, problem, units[:paper_units], seed=seed, chunk_size=1)
         t_paper *= len(units) / paper_units
     seconds = {"vif": t_vif, "if": t_if, "lifelines_delta_beta": t_lifelines, "loo_exact": t_loo, "loo_paper": t_paper}
-    return {"n_train": problem.n_train, "n_targets": len(problem.rows_test), "n_units": len(units),
+    closed_form = callable(getattr(problem.task, "mask_change_gradient_differences", None))
+    paths = {"vif": "closed-form event-group gradient differences (vif.tasks.cox_gradients)" if closed_form
+             else "vmapped autodiff of the masked objective",
+             "if": "mask Jacobian (one reverse pass per parameter)" if problem.beta_hat.numel() < len(problem.rows_test) + 1
+             else "one reverse pass per target"}
+    return {"n_train": problem.n_train, "paths": paths, "n_targets": len(problem.rows_test), "n_units": len(units),
             "loo_exact_timed_units": len(timed), "loo_paper_timed_units": paper_units, "peak_rss_gb": peak,
             "seconds": seconds, "speedup": {"vif_vs_loo_exact": t_loo / t_vif, "vif_vs_loo_paper": t_paper / t_vif,
                                              "if_vs_loo_exact": t_loo / t_if}}

@@ -141,16 +141,18 @@ METHODS = ("VIF", "VIF-HO", "IF")
 
 
 def compare(
-    s: RankingSetup, *, cache_dir: str | Path | None = None, progress: bool = True, unmasked: bool = True
+    s: RankingSetup, *, cache_dir: str | Path | None = None, progress: bool = True, unmasked: bool = True,
+    hessian: torch.Tensor | None = None,
 ) -> dict[str, Any]:
     """VIF, VIF-HO and IF against exact LOO, masked (and, if ``unmasked``, unmasked) targets.
 
     Correlations are per test query (:func:`vif.metrics.correlations`). Seconds: ``hessian_seconds`` (closed
-    form and Cholesky factor, shared), ``vif_seconds`` and ``held_out_seconds`` (each including the shared
+    form, unless the caller passes the dense ``hessian`` it already built, and one Cholesky factor shared by
+    every estimate and the refits), ``vif_seconds`` and ``held_out_seconds`` (each including the shared
     Hessian), ``loo_seconds`` (all exact refits; 0 when they come from the cache).
     """
     start = time.perf_counter()
-    solver = cholesky_solver(s.task.hessian(s.params))
+    solver = cholesky_solver(s.task.hessian(s.params) if hessian is None else hessian)
     hessian_seconds = time.perf_counter() - start
     seconds, predicted = {}, {}
     for name, options in [("VIF", {}), ("VIF-HO", dict(held_out=True)), ("IF", dict(method="if"))]:
@@ -221,11 +223,14 @@ def timings(s: RankingSetup, *, n_timed: int = 3, epochs: int = 20) -> dict[str,
     ``gtol = 1e-10``), the paper's Adam protocol (``epochs`` epochs, cold start), and the exact refits of
     the ground truth (:meth:`vif.tasks.ranking.ListwiseRanking.fit`: L-BFGS preconditioned with the full-data Hessian,
     ``gtol = 1e-10``; its one-off Hessian and factorisation are counted once). ``lbfgs_evaluations``: mean
-    objective-and-gradient evaluations per warm L-BFGS refit.
+    objective-and-gradient evaluations per warm L-BFGS refit. ``vif_path``: which engine path produced ``vif``.
     """
     start = time.perf_counter()
     estimate(s, held_out=True)
-    result = {"vif": time.perf_counter() - start, "n_units": len(s.units)}
+    result: dict[str, Any] = {"vif": time.perf_counter() - start, "n_units": len(s.units)}
+    hook = callable(getattr(s.task, "mask_gradient_differences", None))
+    result["vif_path"] = ("the task's closed-form masked-gradient differences" if hook else
+                          "autodiff masked gradients (one item per pass), the closed-form Hessian and one Cholesky factor")
     X, R = s.data.X_train, s.data.Y_train
     start = time.perf_counter()
     preconditioned = ranking.ListwiseRanking(X, R, loss=s.loss, l2=s.l2)
