@@ -24,7 +24,7 @@ $(STAMP): requirements.txt pyproject.toml
 	touch $(STAMP)
 
 test: $(STAMP)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 2 --dist worksteal  # two workers: the chapters run side by side on 2 cores
 
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -m slow

@@ -128,7 +128,7 @@ def test_a_wrong_mask_linear_declaration_is_named():
 
     task = Declared(x, time, event)
     with pytest.raises(InputError, match="mask_linear = True"):
-        vif.influence(task, torch.zeros(3, dtype=torch.float64), lambda beta: beta.sum())
+        vif.influence(task, torch.zeros(3, dtype=torch.float64), lambda beta: beta.sum(), on_unconverged="warn")
 
 
 @pytest.mark.parametrize("eps", [1.0, 0.3])

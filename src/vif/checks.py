@@ -124,7 +124,7 @@ def check_stationary(problem: Problem, on_unconverged: str, tol: float | None, w
     if isinstance(tol, bool) or not isinstance(tol, int | float) or not tol > 0:
         raise InputError(f"stationarity_tol must be a positive number, got {tol!r}.")
     ratio, norm, scale = stationarity_ratio(problem.flat_objective, problem.theta, problem.full_gradient,
-                                            problem.n_units, problem.hook, problem.unflatten)
+                                            problem.n_units, problem.hooks.dense, problem.unflatten)
     if ratio <= tol:
         return
     message = (

@@ -323,7 +323,7 @@ def _target_route(problem: Problem, removals: Removals, flat_target: Callable, s
     """One linear solve per target: ``v_t = H^-1 grad f_t``, then ``-v_t . D`` for every removal."""
     jacobian = check_finite(jacrev(flat_target)(problem.theta, problem.ones), "the gradient of the target")
     solutions = solve(jacobian.T)  # (n_params, n_targets)
-    if method == "if" and problem.mask_jacobian is None:
+    if problem.route(method) == "if" and problem.mask_jacobian is None:
         def all_units(vector: torch.Tensor) -> torch.Tensor:
             def directional(mask: torch.Tensor) -> torch.Tensor:
                 return jvp(lambda theta: problem.flat_objective(theta, mask), (problem.theta,), (vector,))[1]

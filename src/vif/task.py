@@ -37,6 +37,12 @@ class Task(Protocol):
           of :func:`vif.params.flatten`. When a task has it, :func:`vif.influence` (``method="vif"``) uses it
           instead of autodiff; pass ``task.objective`` and ``n_units`` instead of the task to get the autodiff
           path, which is the reference the fast path is tested against.
+        * ``mask_change_gradient_differences(params, rows, units, values, k)`` (optional): the same differences
+          for masks given sparsely (mask entries ``units`` set to ``values`` in row ``rows`` of ``k`` masks),
+          so no dense ``(k, n_units)`` mask is built; preferred over the dense hook when present.
+        * ``mask_linear`` (optional, bool): the objective is linear in the mask (a sum of per-unit terms); VIF
+          then equals the IF and takes its one-pass Jacobian route. The engine verifies the declaration on a
+          few masks and raises when it is wrong; without it, linearity is detected when there are many removals.
     """
 
     n_units: int
