@@ -14,7 +14,7 @@ from pathlib import Path
 
 from ..errors import DatasetNotFoundError, InputError
 
-__all__ = ["data_dir", "sha256", "locate"]
+__all__ = ["data_dir", "sha256", "locate", "check_text"]
 
 
 def data_dir() -> Path:
@@ -69,3 +69,19 @@ def locate(
                 "corrupt or a different version; download it again from the source named in the docs."
             )
     return candidate
+
+
+def check_text(path: Path, label: str, hint: str) -> None:
+    """Raise :class:`InputError` for an empty file or the line of its first byte that is not UTF-8.
+
+    ``label`` names the file in the message (e.g. ``"METABRIC file"``); ``hint`` says how to produce a good one.
+    """
+    data = path.read_bytes()
+    if not data.strip():
+        raise InputError(f"{label} {path}, line 1: the file is empty; {hint}")
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = data[:error.start].count(b"\n") + 1
+        raise InputError(f"{label} {path}, line {line}: not UTF-8 text ({error.reason} at byte {error.start}); "
+                         f"{hint}") from error

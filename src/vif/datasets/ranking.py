@@ -190,16 +190,8 @@ def read_xmc(path: str | Path) -> tuple[sp.csr_matrix, sp.csr_matrix]:
 
 
 def _check_text(path: Path) -> None:
-    """Raise :class:`InputError` naming the line of the first byte that is not UTF-8, or an empty file."""
-    data = path.read_bytes()
-    if not data.strip():
-        raise InputError(f"{path}, line 1: the file is empty.")
-    try:
-        data.decode("utf-8")
-    except UnicodeDecodeError as error:
-        line = data[:error.start].count(b"\n") + 1
-        raise InputError(f"{path}, line {line}: not UTF-8 text ({error.reason} at byte {error.start}); is this "
-                         "the repository's text file?") from error
+    """An empty file or a byte that is not UTF-8 is an :class:`InputError` naming the line."""
+    _files.check_text(path, "XMC file", "is this the repository's text file?")
 
 
 def _check_indices(path: Path, row: int, l_cols: list, f_cols: list, labels: list, pairs: list, n_labels: int,

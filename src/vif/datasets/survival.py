@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import InputError
-from ._files import locate, sha256
+from ._files import check_text, locate, sha256
 
 __all__ = ["SurvivalDataset", "SurvivalSplit", "load_support", "load_rotterdam", "load_gbsg2", "load_metabric",
            "split", "DATASETS"]
@@ -217,15 +217,7 @@ def load_metabric(path: str | Path | None = None, *, expected_sha256: str | None
 
 def _read_metabric_csv(file: Path) -> pd.DataFrame:
     """``pd.read_csv`` with every cell kept as text, so that :func:`_validate_metabric` can name a bad row."""
-    data = file.read_bytes()
-    if not data.strip():
-        raise InputError(f"METABRIC file {file} is empty (line 1); expected a header x0,...,x8,duration,event.")
-    try:
-        data.decode("utf-8")
-    except UnicodeDecodeError as error:
-        line = data[:error.start].count(b"\n") + 1
-        raise InputError(f"METABRIC file {file}, line {line}: not UTF-8 text ({error.reason} at byte {error.start}); "
-                         "export the frame with to_csv.") from error
+    check_text(file, "METABRIC file", "expected UTF-8 CSV with a header x0,...,x8,duration,event (export with to_csv).")
     return pd.read_csv(file, dtype=str, keep_default_na=False)
 
 
