@@ -11,18 +11,13 @@ from lifelines.datasets import load_rossi
 from torch.func import grad
 
 import vif
+from survival_data import tied_data
 from vif.errors import ConvergenceError, InputError, MaskError
 from vif.tasks import cox
 
 
 def _tied_data(n: int = 40, p: int = 3, seed: int = 0):
-    rng = np.random.default_rng(seed)
-    x = rng.normal(size=(n, p))
-    time = rng.integers(1, 12, size=n).astype(float)  # many ties
-    event = (rng.random(n) < 0.7).astype(float)
-    last = int(np.argmax(time))
-    time[last], event[last] = 20.0, 1.0  # a unique last patient at risk, with an event
-    return x, time, event, last
+    return tied_data(n, p, seed)
 
 
 def _rossi():

@@ -9,6 +9,7 @@ import torch
 from torch.func import grad
 
 import vif
+from survival_data import tied_data
 from vif.errors import InputError, MaskError
 from vif.problem import Problem, resolve_task
 from vif.tasks import cox
@@ -16,14 +17,7 @@ from vif.tasks.logistic import LogisticRegression
 
 
 def _tied_data(n: int = 40, p: int = 3, seed: int = 0):
-    rng = np.random.default_rng(seed)
-    x = rng.normal(size=(n, p))
-    time = rng.integers(1, 12, size=n).astype(float)  # many ties
-    event = (rng.random(n) < 0.7).astype(float)
-    last = int(np.argmax(time))
-    time[last], event[last] = 20.0, 1.0  # a unique last patient at risk, with an event
-    time[0], event[0] = 0.5, 0.0  # censored before the first event: at risk for no event
-    return x, time, event, last
+    return tied_data(n, p, seed, censored_first=True)
 
 
 def _autodiff_differences(task: cox.CoxRegression, beta: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
