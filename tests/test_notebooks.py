@@ -61,6 +61,22 @@ def test_every_chapter_is_listed_and_has_a_parameters_cell():
             assert f"{name} =" in source, f"{path.name}: the parameters cell must define {name}"
 
 
+VISIBLE_LINE_LIMIT = 100  # characters; wider code runs off the right edge of the rendered page
+HIDDEN = {"hide-input", "remove-input", "remove-cell", "hide-cell"}
+
+
+def test_visible_code_lines_fit_the_page():
+    """Code a reader sees on the page (cells not hidden or removed) has no line over the limit."""
+    long_lines = []
+    for path in CHAPTERS:
+        for number, cell in enumerate(jupytext.read(path).cells):
+            if cell.cell_type != "code" or HIDDEN & set(cell.get("metadata", {}).get("tags", [])):
+                continue
+            long_lines += [f"{path.name} cell {number}: {len(line)} characters: {line.strip()[:60]}"
+                           for line in cell.source.splitlines() if len(line) > VISIBLE_LINE_LIMIT]
+    assert not long_lines, "wrap these visible code lines:\n" + "\n".join(long_lines)
+
+
 def _execute(path: Path, tmp_path: Path, quick: bool) -> None:
     notebook = jupytext.read(path)
     source = tmp_path / f"{path.stem}.ipynb"
