@@ -35,7 +35,7 @@ book/_notebooks/%.ipynb: book/%.md $(STAMP)
 
 notebooks: $(NOTEBOOKS)
 
-book: $(STAMP) notebooks
+book: $(STAMP)
 	$(BIN)/jupyter-book build . -W -n --keep-going
 
 lab: $(STAMP) notebooks
