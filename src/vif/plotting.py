@@ -13,7 +13,7 @@ import torch
 
 from .metrics import correlations
 
-__all__ = ["use_style", "scatter_vs_loo", "errors_vs_loo", "save_figure", "runtime_plot"]
+__all__ = ["use_style", "scatter_vs_loo", "error_by_size", "save_figure", "runtime_plot"]
 
 PALETTE = sns.color_palette("colorblind")
 
@@ -79,33 +79,42 @@ def scatter_vs_loo(
     return ax
 
 
-def errors_vs_loo(
+def error_by_size(
     ax: plt.Axes,
     predicted: dict[str, torch.Tensor | np.ndarray],
     actual: torch.Tensor | np.ndarray,
     *,
-    xlabel: str = "actual change (leave-one-out refit)",
-    size: float = 6.0,
+    xlabel: str = "|actual change| (leave-one-out refit), bin median",
+    bins: int = 10,
 ) -> plt.Axes:
-    """Prediction error (predicted minus actual) against the actual change, one colour per estimate.
+    """Mean absolute prediction error within bins of the actual change's size, one line per estimate.
+
+    Estimates are compared on the same points without drawing one cloud over another: the pooled
+    ``(unit, target)`` pairs are sorted by ``|actual|`` into ``bins`` bins of equal count; each line gives,
+    per bin, the median ``|actual|`` (x) and the mean ``|predicted - actual|`` (y), both on log scales.
 
     Args:
         ax: axes to draw on.
-        predicted: label -> estimates of the same shape as ``actual``; flattened and pooled. The legend
-            gives each estimate's mean absolute error.
+        predicted: label -> estimates of the same shape as ``actual``; flattened and pooled. The legend gives
+            each estimate's overall mean absolute error.
         actual: actual LOO changes.
         xlabel: the x axis label (state the target).
-        size: marker size.
+        bins: number of equal-count bins.
     """
     x = _numpy(actual).ravel()
-    for color, (label, values) in zip(PALETTE, predicted.items()):
-        error = _numpy(values).ravel() - x
-        ax.scatter(x, error, s=size, alpha=0.7, color=color, edgecolor="none", rasterized=True,
-                   label=f"{label} (mean |error| = {np.abs(error).mean():.2g})")
-    ax.axhline(0.0, color="0.3", lw=1, ls="--")
+    order = np.argsort(np.abs(x))
+    groups = [group for group in np.array_split(order, bins) if len(group)]
+    centres = [float(np.median(np.abs(x[group]))) for group in groups]
+    markers = ["o", "s", "^", "D"]
+    for index, (color, (label, values)) in enumerate(zip(PALETTE, predicted.items())):
+        error = np.abs(_numpy(values).ravel() - x)
+        ax.plot(centres, [float(error[group].mean()) for group in groups], marker=markers[index % len(markers)],
+                color=color, label=f"{label} (mean |error| = {error.mean():.2g})")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
     ax.set_xlabel(xlabel)
-    ax.set_ylabel("predicted minus actual change")
-    ax.legend(loc="best")
+    ax.set_ylabel("mean |predicted \u2212 actual|")
+    ax.legend(loc="upper left")
     return ax
 
 
