@@ -46,7 +46,7 @@ DENSE_LIMIT = 3000  # most parameters for which a dense Hessian is formed
 LARGE_TARGETS = 20  # targets in the solver comparison at widths without a dense Hessian
 N_TIMED = 3  # warm refits timed per width (the all-units LOO cost is extrapolated from them)
 WEIGHT_DECAYS = {True: (3.0, 10.0), False: (1.0, 3.0, 10.0, 30.0)}  # keyed by quick
-WIDTHS = {True: ((6,), (16,)), False: ((6,), (40, 40), (128, 128))}  # ~100, ~2,000, ~20,000 parameters at full size
+WIDTHS = {True: ((6,), (16,)), False: ((6,), (40, 40), (64, 64))}  # ~100, ~2,000, ~5,000 parameters at full size
 
 
 @dataclass(frozen=True)
