@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from scipy.stats import pearsonr, spearmanr
 
 from vif.errors import InputError
@@ -48,3 +49,16 @@ def test_bad_inputs():
         correlations(np.array([1.0, np.nan, 2.0]), np.ones(3))
     with pytest.raises(InputError, match="across must be"):
         correlations(np.zeros(3), np.zeros(3), across="rows")
+
+
+def test_roc_auc_matches_scikit_learn_with_ties_and_is_nan_for_one_class():
+    from sklearn.metrics import roc_auc_score
+
+    from vif.metrics import roc_auc
+
+    rng = np.random.default_rng(0)
+    labels = rng.random((40, 3)) < 0.3
+    scores = np.round(rng.random((40, 3)) + labels, 1)  # rounded: many ties
+    assert abs(roc_auc(torch.as_tensor(labels), torch.as_tensor(scores))
+               - roc_auc_score(labels.ravel(), scores.ravel())) < 1e-12
+    assert np.isnan(roc_auc(np.zeros(5, dtype=bool), np.arange(5.0)))

@@ -17,7 +17,7 @@ from scipy.stats import rankdata
 
 from .errors import InputError
 
-__all__ = ["Correlations", "correlations", "lds", "relative_error", "ndcg"]
+__all__ = ["Correlations", "correlations", "lds", "relative_error", "ndcg", "roc_auc"]
 
 
 @dataclass(frozen=True)
@@ -171,3 +171,20 @@ def ndcg(S: torch.Tensor, relevance: torch.Tensor, mask: torch.Tensor | None = N
     dcg = (torch.gather(R, 1, top) * discounts).sum(dim=1)
     ideal = (torch.sort(R, dim=1, descending=True).values[:, :k] * discounts).sum(dim=1)
     return torch.where(ideal > 0, dcg / torch.where(ideal > 0, ideal, torch.ones_like(ideal)), torch.nan)
+
+
+def roc_auc(labels: torch.Tensor | np.ndarray, scores: torch.Tensor | np.ndarray) -> float:
+    """ROC AUC of ``scores`` for boolean ``labels`` (same shape, flattened): P(score of a positive > a negative).
+
+    Ties count one half (average ranks). Returns ``nan`` when every label is the same (the AUC is undefined),
+    e.g. an indicator validated on a run in which no removal changed basin.
+    """
+    y = _to_numpy(labels, "labels").reshape(-1).astype(bool)
+    s = _to_numpy(scores, "scores").reshape(-1).astype(float)
+    if y.shape != s.shape:
+        raise InputError(f"labels and scores must have the same number of entries, got {y.size} and {s.size}.")
+    positives, negatives = int(y.sum()), int((~y).sum())
+    if positives == 0 or negatives == 0:
+        return float("nan")
+    ranks = rankdata(s)
+    return float((ranks[y].sum() - positives * (positives + 1) / 2) / (positives * negatives))
