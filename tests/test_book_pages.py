@@ -55,13 +55,16 @@ def _build(tmp_path: Path) -> Path:
     config["execute"]["execute_notebooks"] = "force"  # only the small table page has code
     (tmp_path / "_config.yml").write_text(yaml.safe_dump(config))
     (tmp_path / "_toc.yml").write_text(yaml.safe_dump({"format": "jb-book", "root": "book/api",
-                                                        "chapters": [{"file": "book/math"}, {"file": "book/tables"}]}))
+                                                        "chapters": [{"file": "book/math"}, {"file": "book/tables"},
+                                                                     {"file": "book/cites"}]}))
     (tmp_path / "book").mkdir()
     shutil.copy(ROOT / "book" / "api.md", tmp_path / "book" / "api.md")
     shutil.copy(ROOT / "book" / "references.bib", tmp_path / "book" / "references.bib")
     shutil.copytree(ROOT / "_ext", tmp_path / "_ext")
     (tmp_path / "book" / "math.md").write_text("# Math\n\nInline $x^2$ and\n\n$$\\int_0^1 f(x)\\,dx$$\n")
     (tmp_path / "book" / "tables.md").write_text(TABLE_PAGE)
+    (tmp_path / "book" / "cites.md").write_text("# Cites\n\n{cite}`koh2017understanding,cox1972regression,"
+                                                "deng2025vif`\n\n```{bibliography}\n```\n")
     result = subprocess.run([str(Path(sys.executable).parent / "jupyter-book"), "build", str(tmp_path), "-W", "-n",
                              "--keep-going"], capture_output=True, text=True)
     warnings = [line for line in result.stdout.splitlines() + result.stderr.splitlines()
@@ -92,6 +95,14 @@ def test_a_glued_output_named_tab_is_numbered_as_a_table(tmp_path):
     caption, content = page.index("A glued data frame."), page.index("<table")
     assert caption < content, "a table's caption goes above it"
     assert re.search(r'href="#tab-frame"[^>]*>.*?Table 1', page, re.S), "{numref} to it does not read Table 1"
+
+
+def test_the_reference_list_is_author_year_like_the_citations(tmp_path):
+    page = (_build(tmp_path) / "book" / "cites.html").read_text()
+    labels = [re.sub(r"<[^>]+>", "", label)
+              for label in re.findall(r'<span class="label"><span class="fn-bracket">\[</span>(.*?)<span', page)]
+    assert labels == ["Cox, 1972", "Deng et al., 2025", "Koh and Liang, 2017"], labels  # sorted by author
+    assert "doi.org/10.1111/j.2517-6161.1972.tb00899.x" in page, "the DOI is not linked"
 
 
 def test_the_full_build_serves_math_offline_when_it_exists():

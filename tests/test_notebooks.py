@@ -81,15 +81,35 @@ def _execute(path: Path, tmp_path: Path, quick: bool) -> None:
     notebook = jupytext.read(path)
     source = tmp_path / f"{path.stem}.ipynb"
     nbformat.write(notebook, source)
+    executed = tmp_path / f"{path.stem}.executed.ipynb"
     papermill.execute_notebook(
         str(source),
-        str(tmp_path / f"{path.stem}.executed.ipynb"),
+        str(executed),
         parameters={"QUICK": quick, "OUT_DIR": str(tmp_path / "out")},
         kernel_name="python3",
         cwd=str(path.parent),
         progress_bar=False,
         execution_timeout=1800,
     )
+    _check_glue(nbformat.read(executed, as_version=4), path.name)
+
+
+def _check_glue(notebook: nbformat.NotebookNode, name: str) -> None:
+    """What `make book -W` would reject: a glued numpy scalar (myst-nb cannot format its repr) or a key glued twice."""
+    seen, problems = set(), []
+    for cell in notebook.cells:
+        for output in cell.get("outputs", []):
+            record = output.get("metadata", {}).get("scrapbook")
+            if not record:
+                continue
+            key = record["name"]
+            if key in seen:
+                problems.append(f"glue key {key!r} is glued more than once")
+            seen.add(key)
+            text = output.get("data", {}).get(f"{record['mime_prefix']}text/plain", "")
+            if text.startswith("np."):
+                problems.append(f"glue key {key!r} holds a numpy scalar {text}: glue float(...) or int(...)")
+    assert not problems, f"{name}: " + "; ".join(problems)
 
 
 @pytest.mark.notebooks

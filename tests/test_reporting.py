@@ -44,6 +44,7 @@ def test_the_html_table_links_chapters_and_figures_and_marks_missed_targets(tmp_
         Headline("Pearson", "accuracy", 0.97, figure="fig-cl-scatter"),
     ], quick=False)
     html = headlines_html(collect_headlines(tmp_path))
-    assert '<a href="06_contrastive.html">' in html and '<a href="06_contrastive.html#fig-cl-scatter">' in html
-    assert "31.2x" in html and "\u2265 100.0x" in html and "\u2265 20.0x" in html and "missed" in html
-    assert "0.9700" in html and "\u2014 (reported)" in html
+    assert '<a href="06_contrastive.html">6</a>' in html
+    assert '<a href="06_contrastive.html#fig-cl-scatter">figure</a>' in html
+    assert "31.2x" in html and "\u2265\u00a0100.0x (asserted \u2265\u00a020.0x)" in html and "missed" in html
+    assert "<td>0.9700</td><td>\u2014</td><td>\u2014</td>" in html  # no target: no verdict

@@ -102,32 +102,34 @@ def collect_headlines(root: str | os.PathLike) -> pd.DataFrame:
 def headlines_html(table: pd.DataFrame) -> str:
     """The collected headlines as an HTML table with links to each chapter and to the figure that shows it.
 
-    ``table`` comes from :func:`collect_headlines`. Accuracy values get four decimals, speed-ups one
-    (``"x"`` appended); a missing target or floor shows as an em dash.
+    ``table`` comes from :func:`collect_headlines`. Columns: chapter (linked), result, measured value,
+    target (with the asserted floor in brackets where it differs), whether the target is met, and a link to
+    the figure or table. Accuracy values get four decimals, speed-ups one (``"x"`` appended); a missing
+    target shows as an em dash.
     """
-    def number(value: float | None, kind: str) -> str:
-        if value is None or (isinstance(value, float) and math.isnan(value)):
-            return "\u2014"
+    def missing(value: object) -> bool:
+        return value is None or (isinstance(value, float) and math.isnan(value))
+
+    def number(value: float, kind: str) -> str:
         return f"{value:.1f}x" if kind == "speed" else f"{value:.4f}"
 
-    def verdict(row: pd.Series) -> str:
-        if row["met"] is None or (isinstance(row["met"], float) and math.isnan(row["met"])):
-            return "\u2014 (reported)"
-        return "met" if row["met"] else "<strong>missed</strong>"
-
-    head = ("<tr><th>chapter</th><th>result</th><th>measured</th><th>target</th><th>asserted</th>"
-            "<th>target met</th><th>shown in</th></tr>")
-    body = []
+    rows = []
     for _, row in table.iterrows():
-        page = f"{row['chapter']}.html"
-        shown = f'<a href="{page}#{row["figure"]}">{row["figure"]}</a>' if row["figure"] else "\u2014"
-        relation = "\u2265" if row["at_least"] else "\u2264"
-        target = number(row["target"], row["kind"])
-        asserted = number(row["asserted"] if row["asserted"] is not None else row["target"], row["kind"])
-        body.append(f'<tr><td><a href="{page}">{row["chapter"]}</a></td><td>{row["result"]}</td>'
-                    f'<td>{number(row["value"], row["kind"])}</td>'
-                    f"<td>{relation + ' ' + target if target != chr(0x2014) else target}</td>"
-                    f"<td>{relation + ' ' + asserted if asserted != chr(0x2014) else asserted}</td>"
-                    f"<td>{verdict(row)}</td><td>{shown}</td></tr>")
+        page, relation = f"{row['chapter']}.html", "\u2265" if row["at_least"] else "\u2264"
+        target = "\u2014"
+        if not missing(row["target"]):
+            target = f"{relation}\u00a0{number(row['target'], row['kind'])}"
+            if not missing(row["asserted"]) and row["asserted"] != row["target"]:
+                target += f" (asserted {relation}\u00a0{number(row['asserted'], row['kind'])})"
+        verdict = "\u2014" if missing(row["met"]) else ("met" if row["met"] else "<strong>missed</strong>")
+        shown = "\u2014"
+        if row["figure"]:
+            kind = "table" if str(row["figure"]).startswith("tab-") else "figure"
+            shown = f'<a href="{page}#{row["figure"]}">{kind}</a>'
+        number_in_book = str(row["chapter"]).split("_")[0].lstrip("0") or "0"
+        rows.append(f'<tr><td><a href="{page}">{number_in_book}</a></td><td>{row["result"]}</td>'
+                    f'<td>{number(row["value"], row["kind"])}</td><td>{target}</td><td>{verdict}</td>'
+                    f"<td>{shown}</td></tr>")
+    head = "<tr><th>ch.</th><th>result</th><th>measured</th><th>target</th><th>met?</th><th>shown in</th></tr>"
     return (f'<div class="table-wrapper"><table class="table"><thead>{head}</thead><tbody>'
-            f'{"".join(body)}</tbody></table></div>')
+            f'{"".join(rows)}</tbody></table></div>')
