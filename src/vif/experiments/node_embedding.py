@@ -40,7 +40,7 @@ from ..tasks import embedding
 from ..threads import torch_threads
 
 __all__ = ["Settings", "Setup", "ProximalResponse", "pbrf_objective", "setup", "estimate",
-           "ground_truth", "compare", "run", "speed", "add_arguments", "reproduce"]
+           "ground_truth", "compare", "readable", "run", "speed", "add_arguments", "reproduce"]
 
 GROUND_TRUTHS = ("warm", "cold", "pbrf")
 
@@ -220,6 +220,13 @@ def compare(problem: Setup, predicted: torch.Tensor, actual: torch.Tensor) -> di
             stats = correlations(predicted[:, columns], actual[:, columns], valid=valid[:, columns], across=across)
             result[f"{family}/{name}"] = {"pearson": stats.pearson, "spearman": stats.spearman, "n_used": stats.n_used}
     return result
+
+
+def readable(key: str) -> str:
+    """A :func:`compare` key for a table: ``"pair_loss/per_target/pearson"`` -> ``"pair loss, per target: Pearson"``."""
+    parts = key.split("/")
+    label = ", ".join(part.replace("_", " ") for part in parts[:2])
+    return f"{label}: {parts[2].capitalize()}" if len(parts) > 2 else label
 
 
 def run(config: Settings, *, cache_dir=None, progress: bool = False) -> dict:
