@@ -47,6 +47,7 @@ def scatter_vs_loo(
     ylabel: str = "predicted change",
     color: object | None = None,
     size: float = 14.0,
+    hollow: bool = False,
 ) -> plt.Axes:
     """Scatter predicted against actual changes with the diagonal and Pearson's r in the legend.
 
@@ -61,11 +62,15 @@ def scatter_vs_loo(
         xlabel, ylabel: axis labels (state the target and its units).
         color: marker colour (default: the palette's first).
         size: marker size.
+        hollow: open markers (outline only), so that an estimate drawn over another that nearly coincides
+            with it leaves the first visible.
     """
     x, y = _numpy(actual).ravel(), _numpy(predicted).ravel()
     r = correlations(y, x).pearson if x.size >= 3 else float("nan")
-    ax.scatter(x, y, s=size, alpha=0.7, color=color or PALETTE[0], edgecolor="none", rasterized=True,
-               label=f"{label} (pooled Pearson r = {r:.3f})")
+    color = color or PALETTE[0]
+    style = (dict(facecolors="none", edgecolors=color, linewidths=0.8, s=size * 2.5) if hollow
+             else dict(color=color, edgecolor="none", alpha=0.7, s=size))
+    ax.scatter(x, y, rasterized=True, label=f"{label} (pooled Pearson r = {r:.3f})", **style)
     low, high = float(min(x.min(), y.min())), float(max(x.max(), y.max()))
     for line in [line for line in ax.lines if line.get_gid() == "diagonal"]:  # one diagonal spanning every estimate
         low, high = min(low, line.get_xdata()[0]), max(high, line.get_xdata()[1])
