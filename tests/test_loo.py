@@ -194,3 +194,26 @@ def test_a_failed_refit_names_the_unit_keeps_the_finished_ones_and_can_be_skippe
     assert torch.isnan(changes[4]).all() and torch.allclose(changes[~failed], _by_hand()[~failed], atol=1e-12)
     with pytest.raises(vif.errors.InputError, match="on_error"):
         vif.leave_one_out(fit, BETA, target, on_error="ignore", **options)
+
+
+def test_a_fit_with_a_nested_function_keeps_its_cache_identity_across_processes(tmp_path):
+    """The code hash once included a nested code object's repr (a memory address): every new process, e.g.
+    every book build, got a new cache folder and recomputed every refit."""
+    import subprocess
+    import sys
+    import textwrap
+
+    (tmp_path / "fit_module.py").write_text(textwrap.dedent('''
+        def fit(mask, init):
+            def inner(value):
+                return value + 1
+            return inner(init)
+    '''))
+    script = "import fit_module; from vif.loo import _fit_identity; print(_fit_identity(fit_module.fit)['code'])"
+    digests = {subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True,
+                              check=True).stdout.strip() for _ in range(2)}
+    assert len(digests) == 1 and "" not in digests, digests
+    (tmp_path / "fit_module.py").write_text((tmp_path / "fit_module.py").read_text().replace("+ 1", "+ 2"))
+    changed = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True,
+                             check=True).stdout.strip()
+    assert changed not in digests, "a change of the nested code must change the identity"

@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import time
+import types
 import uuid
 import warnings
 from collections.abc import Callable, Sequence
@@ -53,10 +54,24 @@ def _fit_identity(fit: Callable) -> dict[str, Any]:
     code = getattr(function, "__code__", None)
     cells = [cell.cell_contents for cell in (getattr(function, "__closure__", None) or ()) if _has_contents(cell)]
     return {"name": f"{getattr(function, '__module__', '?')}.{getattr(function, '__qualname__', type(function).__name__)}",
-            "code": hashlib.sha256(code.co_code + repr(code.co_consts).encode()).hexdigest()[:16] if code else None,
+            "code": _code_digest(code) if code else None,
             "closure": [_simple(value) for value in cells],
             "partial": [[_simple(value) for value in getattr(fit, "args", ())],
                         sorted((key, _simple(value)) for key, value in (getattr(fit, "keywords", None) or {}).items())]}
+
+
+def _code_digest(code: types.CodeType) -> str:
+    """A hash of a function's bytecode, constants and global names, the same in every process.
+
+    Nested functions are hashed recursively: the ``repr`` of a code object holds its memory address,
+    which would give every process a new digest and leave every cached refit unused.
+    """
+    digest = hashlib.sha256(code.co_code)
+    digest.update(repr(code.co_names).encode())
+    for constant in code.co_consts:
+        digest.update(_code_digest(constant).encode() if isinstance(constant, types.CodeType)
+                      else repr(constant).encode())
+    return digest.hexdigest()[:16]
 
 
 def _has_contents(cell: object) -> bool:
