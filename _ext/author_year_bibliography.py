@@ -8,9 +8,11 @@ entries would share a label). Select it with ``bibtex_default_style: authoryear`
 
 from __future__ import annotations
 
+import codecs
 from collections import Counter
 from collections.abc import Iterable, Iterator
 
+import latexcodec  # noqa: F401 (registers the 'ulatex' codec)
 from pybtex.database import Entry
 from pybtex.plugin import register_plugin
 from pybtex.style.formatting.unsrt import Style as UnsrtStyle
@@ -19,7 +21,9 @@ from sphinx.application import Sphinx
 
 
 def _surname(person: object) -> str:
-    return " ".join(person.prelast_names + person.last_names).replace("{", "").replace("}", "")
+    """The surname as printed: LaTeX accents decoded to letters (Järvelin), braces dropped."""
+    latex = " ".join(person.prelast_names + person.last_names)
+    return codecs.decode(latex, "ulatex").replace("{", "").replace("}", "")
 
 
 def author_year(entry: Entry) -> str:
