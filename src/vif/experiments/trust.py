@@ -18,20 +18,21 @@ from __future__ import annotations
 import argparse
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 from sklearn.datasets import make_moons
-from sklearn.metrics import roc_auc_score
 
 from ..fit import newton, saddle_free_newton
 from ..influence import influence
 from ..loo import leave_one_out
+from ..metrics import roc_auc
 from ..threads import torch_threads
 from ..trust import RECOMMENDED_THRESHOLD, trust
 from . import node_embedding
 
-__all__ = ["MLP", "mlp", "karate", "validate", "add_arguments", "reproduce", "MODELS", "QUICK_UNITS"]
+__all__ = ["MLP", "mlp", "karate", "wrong_estimates", "validate", "add_arguments", "reproduce", "MODELS", "QUICK_UNITS"]
 
 MODELS = ("mlp", "karate")
 
@@ -102,8 +103,16 @@ def karate(*, l2: float = 0.03, seed: int = 0) -> node_embedding.Setup:
     return node_embedding.setup(node_embedding.settings(quick=True, seed=seed, l2=l2, dampings=()))
 
 
-def _auc(score: np.ndarray, label: np.ndarray) -> float:
-    return float(roc_auc_score(label, score)) if 0 < label.sum() < label.size else float("nan")
+def wrong_estimates(estimate: Any, actual: Any, valid: Any = None) -> np.ndarray:
+    """Bool ``(n_units, n_targets)``: ``|estimate - actual|`` exceeds the median ``|actual|`` of its target.
+
+    The label the trust indicators are validated against; ``valid`` (bool, same shape) leaves entries out of
+    the median (leave them out of any score computed on the labels too).
+    """
+    estimate, actual = np.asarray(estimate, dtype=float), np.asarray(actual, dtype=float)
+    valid = np.ones_like(actual, dtype=bool) if valid is None else np.asarray(valid, dtype=bool)
+    typical = np.nanmedian(np.abs(np.where(valid, actual, np.nan)), axis=0, keepdims=True)
+    return np.abs(estimate - actual) > typical
 
 
 def _mean_pearson(predicted: np.ndarray, actual: np.ndarray, valid: np.ndarray, keep: np.ndarray) -> float:
@@ -144,14 +153,14 @@ def validate(model: str, *, seed: int = 0, cache_dir=None, threshold: float = RE
                            cache_key=f"trust-{model}-{seed}", target_takes_mask=options.get("target_takes_mask"))
     estimate, actual = estimate.reshape(len(actual), -1).numpy(), actual.reshape(len(actual), -1).numpy()
     valid = np.ones_like(actual, dtype=bool) if valid is None else valid.numpy()
-    wrong = np.abs(estimate - actual) > np.nanmedian(np.abs(np.where(valid, actual, np.nan)), axis=0, keepdims=True)
+    wrong = wrong_estimates(estimate, actual, valid)
     risk = report.risk.reshape(len(actual), -1).numpy()
     newton = np.broadcast_to(report.newton.numpy()[:, None], actual.shape)
     flagged, unreliable = report.flagged.numpy(), report.unreliable.reshape(len(actual), -1).numpy()
     everything = np.ones(len(actual), dtype=bool)
     return {
         "model": model, "n_units": int(actual.shape[0]), "n_targets": int(actual.shape[1]),
-        "auc_risk": _auc(risk[valid], wrong[valid]), "auc_newton": _auc(newton[valid], wrong[valid]),
+        "auc_risk": roc_auc(wrong[valid], risk[valid]), "auc_newton": roc_auc(wrong[valid], newton[valid]),
         "pearson_all": _mean_pearson(estimate, actual, valid, everything),
         "pearson_reliable": _mean_pearson(estimate, actual, valid & ~unreliable, everything),
         "pearson_unflagged": _mean_pearson(estimate, actual, valid, ~flagged),
