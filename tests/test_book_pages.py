@@ -13,6 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -85,20 +86,26 @@ def _check_mathjax(html_root: Path) -> None:
     assert pages_with_math, "no page with formulas was checked"
 
 
-def test_api_reference_builds_without_warnings_and_math_is_served_offline(tmp_path):
-    _check_mathjax(_build(tmp_path))
+@pytest.fixture(scope="module")
+def built(tmp_path_factory) -> Path:
+    """The small book, built once for every test below (each build starts a kernel: ~15 s)."""
+    return _build(tmp_path_factory.mktemp("book"))
 
 
-def test_a_glued_output_named_tab_is_numbered_as_a_table(tmp_path):
-    page = (_build(tmp_path) / "book" / "tables.html").read_text()
+def test_api_reference_builds_without_warnings_and_math_is_served_offline(built):
+    _check_mathjax(built)
+
+
+def test_a_glued_output_named_tab_is_numbered_as_a_table(built):
+    page = (built / "book" / "tables.html").read_text()
     assert "Table 1 " in page and "Fig. 1" not in page, "the glued data frame is not numbered as a table"
     caption, content = page.index("A glued data frame."), page.index("<table")
     assert caption < content, "a table's caption goes above it"
     assert re.search(r'href="#tab-frame"[^>]*>.*?Table 1', page, re.S), "{numref} to it does not read Table 1"
 
 
-def test_the_reference_list_is_author_year_like_the_citations(tmp_path):
-    page = (_build(tmp_path) / "book" / "cites.html").read_text()
+def test_the_reference_list_is_author_year_like_the_citations(built):
+    page = (built / "book" / "cites.html").read_text()
     labels = [re.sub(r"<[^>]+>", "", label)
               for label in re.findall(r'<span class="label"><span class="fn-bracket">\[</span>(.*?)<span', page)]
     # sorted by author, accents decoded
