@@ -30,7 +30,7 @@ from .errors import InputError, NotAMinimiserError, UnconvergedWarning
 from .params import Params, flatten
 from .problem import Problem, resolve_task
 from .removals import Removals
-from .solvers import make_solver
+from .solvers import Solve, make_solver
 
 __all__ = ["build_problem", "check_stationary", "check_chunk_size", "stationarity_ratio", "STATIONARITY_TOL",
            "ON_UNCONVERGED"]
@@ -51,15 +51,10 @@ def check_chunk_size(chunk_size: object) -> int:
     return chunk_size
 
 
-def _check_units(units: object) -> None:
-    if units is not None and len(torch.as_tensor(units).reshape(-1)) == 0 and torch.as_tensor(units).ndim <= 1:
-        raise InputError("units is empty; pass at least one unit index, or units=None for all units.")
-
-
 def build_problem(objective: Callable, params: Params, n_units: int | None, vectorize: bool,
                   units: Sequence[int] | torch.Tensor | None, groups: Sequence | torch.Tensor | None,
                   hessian: object, damping: object, *, solver: bool = True
-                  ) -> tuple[Problem, Removals, Callable | None]:
+                  ) -> tuple[Problem, Removals, Solve | None]:
     """Resolve a task, build and check the :class:`Problem`, the removals and the solver.
 
     Raises :class:`InputError` naming the cause for: params and data of different dtypes, an objective that
@@ -67,7 +62,6 @@ def build_problem(objective: Callable, params: Params, n_units: int | None, vect
     """
     objective, n_units, hook = resolve_task(objective, n_units)
     theta, _ = flatten(params)
-    _check_units(units)
     try:
         problem = Problem(objective, params, n_units, vectorize=vectorize, hook=hook)
     except InputError as error:

@@ -24,15 +24,15 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torch.func import grad, jacrev, jvp, vmap
+from torch.func import grad, jvp, vmap
 
+from .checks import build_problem, check_chunk_size, check_stationary
 from .errors import InputError
-from .influence import parameter_influence
 from .loo import leave_one_out
-from .params import Params, check_finite, flatten
-from .problem import resolve_task, takes_mask
-from .removals import Removals
-from .solvers import make_solver
+from .params import Params, check_finite
+from .problem import Problem
+from .steps import Steps
+from .target import Target
 
 __all__ = ["Subsets", "sample_subsets", "subset_changes", "linear_datamodel", "second_order_influence"]
 
@@ -150,49 +150,35 @@ def second_order_influence(
     Returns:
         ``(n_groups,)`` for a scalar target, else ``(n_groups, n_targets)``: predicted ``f(theta_-G) - f(theta_hat)``.
     """
-    objective_fn, n_units, _ = resolve_task(objective, n_units)
-    theta, unflatten = flatten(params)
-    removals = Removals.select(n_units, theta, None, groups)
-    ones = torch.ones(n_units, dtype=theta.dtype, device=theta.device)
-
-    def flat(vector: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        return objective_fn(unflatten(vector), mask)
-
-    solve = make_solver(lambda vector: flat(vector, ones), theta, hessian, damping=damping)
-    first = parameter_influence(objective, params, n_units=n_units, groups=groups, hessian=solve)
-    masks = ones - removals.directions(torch.arange(len(removals), device=theta.device))
+    check_chunk_size(chunk_size)
+    problem, removals, solve = build_problem(objective, params, n_units, True, None, groups, hessian, damping)
+    check_stationary(problem, "raise", None, "vif.datamodels.second_order_influence")
+    flat_target = Target(target, problem.theta, problem.unflatten, problem.n_units, target_takes_mask)
+    problem.prefer_mask_jacobian("vif", len(removals))
+    first = Steps(problem, removals, solve, None, "vif", 1.0).all("vif", 1.0, chunk_size)  # group VIF
+    masks = problem.ones - removals.directions(torch.arange(len(removals), device=problem.theta.device))
     steps = first
     for _ in range(terms):
-        products = torch.cat([_removed_hvps(flat, theta, ones, mask_chunk, step_chunk)
-                              for mask_chunk, step_chunk in zip(torch.split(masks, chunk_size), torch.split(steps, chunk_size))])
+        products = torch.cat([_removed_hvps(problem, mask_chunk, step_chunk) for mask_chunk, step_chunk
+                              in zip(torch.split(masks, chunk_size), torch.split(steps, chunk_size))])
         steps = first + solve(products.T).T
-    mask_aware = takes_mask(target, target_takes_mask)
-
-    def flat_target(vector: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        value = target(unflatten(vector), mask) if mask_aware else target(unflatten(vector))
-        return value.reshape(-1)
-
-    if mask_aware:
-        rows = [jacrev(flat_target)(theta, mask) @ step for mask, step in zip(masks, steps)]
-        result = torch.stack(rows)
+    if flat_target.mask_aware:
+        result = torch.stack([flat_target.jacobian(mask) @ step for mask, step in zip(masks, steps)])
     else:
-        result = steps @ jacrev(flat_target)(theta, ones).T
-    check_finite(result, "the second-order group influence")
-    scalar = (target(unflatten(theta), ones) if mask_aware else target(unflatten(theta))).ndim == 0
-    return result[:, 0] if scalar else result
+        result = steps @ flat_target.jacobian().T
+    return flat_target.shaped(check_finite(result, "the second-order group influence"))
 
 
-def _removed_hvps(flat: Callable, theta: torch.Tensor, ones: torch.Tensor, masks: torch.Tensor,
-                  vectors: torch.Tensor) -> torch.Tensor:
-    """``Delta_j v_j`` for each row: Hessian-vector products of ``L(theta, 1) - L(theta, masks[j])`` at ``theta``.
+def _removed_hvps(problem: Problem, masks: torch.Tensor, vectors: torch.Tensor) -> torch.Tensor:
+    """``Delta_j v_j`` for each row: Hessian-vector products of ``L(theta, 1) - L(theta, masks[j])`` at ``theta_hat``.
 
     Batched with vmap; an objective vmap cannot batch falls back to one group at a time.
     """
     def single(mask: torch.Tensor, vector: torch.Tensor) -> torch.Tensor:
         def difference(point: torch.Tensor) -> torch.Tensor:
-            return flat(point, ones) - flat(point, mask)
+            return problem.flat_objective(point, problem.ones) - problem.flat_objective(point, mask)
 
-        return jvp(grad(difference), (theta,), (vector,))[1]
+        return jvp(grad(difference), (problem.theta,), (vector,))[1]
 
     try:
         return vmap(single)(masks, vectors)

@@ -25,8 +25,9 @@ from torch.func import grad, vmap
 
 from .errors import InputError
 from .params import Params, check_finite, flatten
-from .problem import resolve_task, takes_mask
+from .problem import resolve_task
 from .removals import Removals
+from .target import Target
 
 __all__ = ["forward_influence"]
 
@@ -66,14 +67,13 @@ def forward_influence(
     theta, unflatten = flatten(params)
     theta = theta.detach()
     removals = Removals.select(n_units, theta, units, groups)
-    ones = torch.ones(n_units, dtype=theta.dtype, device=theta.device)
-    mask_aware = takes_mask(target, target_takes_mask)
+    checked_target = Target(target, theta, unflatten, n_units, target_takes_mask)
+    ones = checked_target.ones
 
     def flat_target(vector: torch.Tensor) -> torch.Tensor:
-        value = target(unflatten(vector), ones) if mask_aware else target(unflatten(vector))
-        return value.reshape(-1)
+        return checked_target(vector, ones)  # stepped at the full mask
 
-    n_targets = flat_target(theta).shape[0]
+    n_targets = checked_target.n_targets
     scale = step_size * max(float(theta.norm()), 1.0)
     endpoints, etas = [], []
     for t in range(n_targets):
@@ -99,6 +99,4 @@ def forward_influence(
         masked = torch.stack([vmap(lambda mask, point=point: loss(point, mask))(masks) for point in points])  # (1 + T, chunk)
         differences = full[:, None] - masked  # d_r at each point
         rows.append(((differences[:1] - differences[1:]) / theta.new_tensor(etas)[:, None]).T)
-    result = check_finite(torch.cat(rows), "the Forward-INF scores")
-    scalar = (target(unflatten(theta), ones) if mask_aware else target(unflatten(theta))).ndim == 0
-    return result[:, 0] if scalar else result
+    return checked_target.shaped(check_finite(torch.cat(rows), "the Forward-INF scores"))

@@ -19,6 +19,7 @@ import torch
 from torch.func import grad, jvp
 
 from .errors import InputError
+from .solvers import Solve
 
 __all__ = ["restrict_solution", "own_parameters", "held_out_steps", "check_decoupled", "check_decoupled_all"]
 
@@ -49,17 +50,20 @@ def own_parameters(
     n_params: int,
     method: str,
     eps: float,
-    hessian: object,
+    solve: Solve,
     device: torch.device,
 ) -> OwnParameters | None:
     """Validate ``unit_params`` and return ``removed units (1-D) -> flat indices of their own parameters``.
+
+    ``solve`` is the built solver: a pseudo-inverse is refused however it was given (``"pinv"``,
+    :class:`~vif.solvers.PseudoInverse`, a ready :func:`~vif.solvers.pinv_solver`).
 
     The union of the members' parameters is held out when a group is removed. The decoupling the
     parameters claim is checked by :func:`check_decoupled`.
     """
     if unit_params is None:
         return None
-    if isinstance(hessian, str) and hessian == "pinv":
+    if solve.pseudo_inverse:
         raise InputError(
             "unit_params needs the Schur complement of an invertible Hessian, which the pseudo-inverse does not "
             "give; use hessian='exact' with a small damping (e.g. 1e-3) when the Hessian is singular."

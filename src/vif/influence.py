@@ -30,19 +30,20 @@ one reverse pass per target through ``m -> v_t . g(m)``, or one forward-over-rev
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
-from torch.func import grad, jacrev, jvp, vjp
+from torch.func import grad, jvp, vjp
 
 from .checks import build_problem, check_chunk_size, check_stationary
-from .errors import InputError, MaskIgnoredError
-from .heldout import check_decoupled_all, held_out_steps, own_parameters
+from .errors import InputError
 from .params import Params, check_finite
-from .problem import Problem, takes_mask
+from .problem import Problem
 from .removals import Removals
-from .solvers import RelativeDamping, SolverSpec
-from .trust import TrustReport, trust
+from .solvers import RelativeDamping, Solve, SolverSpec
+from .steps import Steps, chunks, mask_ignored
+from .target import Target
+from .trust import TrustReport, diagnose
 
 METHODS = ("vif", "if")
 
@@ -57,48 +58,6 @@ def _validate_method(method: str, eps: float) -> None:
         raise InputError(f"Unknown method {method!r}; choose 'vif' (finite difference) or 'if' (infinitesimal).")
     if method == "vif" and not (0.0 < eps <= 1.0):
         raise InputError(f"eps must lie in (0, 1] for method='vif' (eps=1 removes the unit), got {eps}.")
-
-
-def _mask_ignored() -> MaskIgnoredError:
-    return MaskIgnoredError(
-        "Every influence is exactly zero: the objective's gradient does not change when a unit is "
-        "removed, so the objective ignores its mask argument (or the target does not depend on params). "
-        "Make objective(params, mask) drop unit i wherever it appears when mask[i] = 0."
-    )
-
-
-def _chunks(problem: Problem, removals: Removals, method: str, eps: float, chunk_size: int
-            ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """The one chunk loop of every route: ``(rows, D)`` with ``D`` of shape ``(len(rows), n_params)``.
-
-    ``rows`` index ``removals``; ``delta_theta = -H^-1 D[row]``. Raises :class:`MaskIgnoredError` at the end
-    if every difference was exactly zero.
-    """
-    nonzero = False
-    for rows in torch.split(torch.arange(len(removals), device=problem.theta.device), chunk_size):
-        differences = problem.gradient_differences(removals, rows, method, eps)
-        nonzero = nonzero or bool(differences.ne(0).any())
-        yield rows, differences
-    if not nonzero and len(removals):
-        raise _mask_ignored()
-
-
-class _Steps:
-    """``delta_theta = -H^-1 D`` for chunks of removals, with ``unit_params`` held out when given."""
-
-    def __init__(self, problem: Problem, removals: Removals, solve: Callable, unit_params: Sequence | None,
-                 method: str, eps: float, hessian: object, chunk_size: int = 32, check: bool = True) -> None:
-        self.problem, self.removals, self.solve = problem, removals, solve
-        self.own = own_parameters(unit_params, n_units=problem.n_units, n_params=problem.theta.numel(),
-                                  method=method, eps=eps, hessian=hessian, device=problem.theta.device)
-        if self.own is not None and len(removals) and check:
-            check_decoupled_all(problem.flat_objective, problem.theta, problem.ones, removals, self.own, chunk_size)
-
-    def __call__(self, rows: torch.Tensor, differences: torch.Tensor) -> torch.Tensor:
-        if self.own is None:
-            return -self.solve(differences.T).T
-        return held_out_steps(self.solve, differences, [self.own(self.removals.members(int(row))) for row in rows])
-
 
 def parameter_influence(
     objective: Callable,
@@ -162,10 +121,9 @@ def parameter_influence(
     check_chunk_size(chunk_size)
     problem, removals, solve = build_problem(objective, params, n_units, vectorize, units, groups, hessian, damping)
     check_stationary(problem, on_unconverged, stationarity_tol, "vif.parameter_influence")
-    steps = _Steps(problem, removals, solve, unit_params, method, eps, hessian, chunk_size, check_unit_params)
+    steps = Steps(problem, removals, solve, unit_params, method, eps, chunk_size, check_unit_params)
     problem.prefer_mask_jacobian(method, len(removals))
-    rows = [steps(chunk, differences) for chunk, differences in _chunks(problem, removals, method, eps, chunk_size)]
-    return torch.cat(rows) if rows else problem.theta.new_zeros(0, problem.theta.numel())
+    return steps.all(method, eps, chunk_size)
 
 
 def influence(
@@ -225,82 +183,34 @@ def influence(
     check_chunk_size(chunk_size)
     if diagnostics and (method != "vif" or eps != 1.0):
         raise InputError("diagnostics=True checks the VIF removal step: use method='vif' with eps=1.")
-    if not callable(target):
-        raise InputError(f"target must be callable as target(params) or target(params, mask), got {type(target).__name__}.")
-    original = objective
     problem, removals, solve = build_problem(objective, params, n_units, vectorize, units, groups, hessian, damping)
     check_stationary(problem, on_unconverged, stationarity_tol, "vif.influence")
-    mask_aware = takes_mask(target, target_takes_mask)
+    flat_target = Target(target, problem.theta, problem.unflatten, problem.n_units, target_takes_mask)
+    flat_target.check_gradient()
+    steps = Steps(problem, removals, solve, unit_params, method, eps, chunk_size, check_unit_params)
 
-    def flat_target(theta: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        value = target(problem.unflatten(theta), mask) if mask_aware else target(problem.unflatten(theta))
-        return value.reshape(-1) if value.ndim == 0 else value
-
-    probe = _probe_target(target, problem, mask_aware, target_takes_mask)
-    if not isinstance(probe, torch.Tensor) or probe.ndim > 1:
-        shape = tuple(probe.shape) if isinstance(probe, torch.Tensor) else type(probe).__name__
-        raise InputError(f"target must return a scalar or a 1-D tensor of targets, got {shape}; flatten it.")
-    check_finite(probe, "target(params)", "The target must be finite at params.")
-    _check_target_gradient(flat_target, problem)
-    n_targets = 1 if probe.ndim == 0 else probe.shape[0]
-    steps = _Steps(problem, removals, solve, unit_params, method, eps, hessian, chunk_size, check_unit_params)
-
-    if mask_aware or len(removals) <= n_targets or steps.own is not None:
+    if flat_target.mask_aware or len(removals) <= flat_target.n_targets or steps.own is not None:
         problem.prefer_mask_jacobian(method, len(removals))
-        result = _removal_route(problem, removals, flat_target, steps, method, eps, chunk_size, mask_aware)
+        result = _removal_route(problem, removals, flat_target, steps, method, eps, chunk_size)
     else:
-        problem.prefer_mask_jacobian(method, n_targets)
+        problem.prefer_mask_jacobian(method, flat_target.n_targets)
         result = _target_route(problem, removals, flat_target, solve, method, eps, chunk_size)
-    result = result[:, 0] if probe.ndim == 0 else result
+    result = flat_target.shaped(result)
     if not diagnostics:
         return result
-    report = trust(original, params, target, n_units=n_units, hessian=hessian, damping=damping, units=units,
-                   groups=groups, chunk_size=chunk_size, vectorize=vectorize, unit_params=unit_params,
-                   check_unit_params=False, target_takes_mask=mask_aware, on_unconverged="warn",
-                   stationarity_tol=float("inf"))
-    return result, report
+    # the same problem, removals and factorised solver: the diagnostics check the step the estimate took
+    return result, diagnose(problem, removals, steps, flat_target, chunk_size)
 
 
-def _probe_target(target: Callable, problem: Problem, mask_aware: bool, declared: bool | None) -> object:
-    """``target`` at ``theta_hat`` (and the full mask); a detected mask-aware target that fails says how to declare it."""
-    params = problem.unflatten(problem.theta)
-    if not mask_aware:
-        return target(params)
-    try:
-        return target(params, problem.ones)
-    except (TypeError, RuntimeError, IndexError, ValueError) as error:
-        if declared is not None:
-            raise
-        raise InputError(
-            f"target has two required positional parameters, so it was taken to be mask-aware, target(params, "
-            f"mask), but calling it with the mask failed ({error}). If its second parameter is not the mask, pass "
-            "target_takes_mask=False and bind the other argument (functools.partial or a default value); if it is, "
-            "pass target_takes_mask=True and make it accept a float mask of shape (n_units,)."
-        ) from error
-
-
-def _check_target_gradient(flat_target: Callable, problem: Problem) -> None:
-    """Raise when the target's gradient at ``theta_hat`` is identically zero (detached, ``.item()``, constant)."""
-    value, pullback = vjp(lambda theta: flat_target(theta, problem.ones), problem.theta)
-    if bool(pullback(torch.ones_like(value))[0].ne(0).any()):  # one reverse pass; the Jacobian only if needed
-        return
-    if not bool(jacrev(flat_target)(problem.theta, problem.ones).ne(0).any()):
-        raise InputError(
-            "The target's gradient with respect to params is exactly zero at params, so every influence would be "
-            "0: does the target detach its input, call .item()/float()/numpy, or not depend on params? Compute it "
-            "with torch operations on params."
-        )
-
-
-def _removal_route(problem: Problem, removals: Removals, flat_target: Callable, steps: _Steps, method: str,
-                   eps: float, chunk_size: int, mask_aware: bool) -> torch.Tensor:
+def _removal_route(problem: Problem, removals: Removals, flat_target: Target, steps: Steps, method: str,
+                   eps: float, chunk_size: int) -> torch.Tensor:
     """One linear solve per removal: ``delta_theta``, then the target's directional derivative along it."""
-    if not mask_aware:
-        jacobian = check_finite(jacrev(flat_target)(problem.theta, problem.ones), "the gradient of the target")
+    if not flat_target.mask_aware:
+        jacobian = flat_target.jacobian()
     rows = []
-    for chunk, differences in _chunks(problem, removals, method, eps, chunk_size):
+    for chunk, differences in chunks(problem, removals, method, eps, chunk_size):
         step = steps(chunk, differences)  # (chunk, n_params)
-        if not mask_aware:
+        if not flat_target.mask_aware:
             rows.append(step @ jacobian.T)
             continue
 
@@ -318,10 +228,10 @@ def _removal_route(problem: Problem, removals: Removals, flat_target: Callable, 
     return torch.cat(rows)
 
 
-def _target_route(problem: Problem, removals: Removals, flat_target: Callable, solve: Callable, method: str,
+def _target_route(problem: Problem, removals: Removals, flat_target: Target, solve: Solve, method: str,
                   eps: float, chunk_size: int) -> torch.Tensor:
     """One linear solve per target: ``v_t = H^-1 grad f_t``, then ``-v_t . D`` for every removal."""
-    jacobian = check_finite(jacrev(flat_target)(problem.theta, problem.ones), "the gradient of the target")
+    jacobian = flat_target.jacobian()
     solutions = solve(jacobian.T)  # (n_params, n_targets)
     if problem.route(method) == "if" and problem.mask_jacobian is None:
         def all_units(vector: torch.Tensor) -> torch.Tensor:
@@ -333,6 +243,6 @@ def _target_route(problem: Problem, removals: Removals, flat_target: Callable, s
         per_unit = torch.cat([problem.map(all_units, block) for block in torch.split(solutions.T, chunk_size)]).T
         result = check_finite(removals.combine(per_unit), "the mask derivative of the objective's gradient")
         if len(removals) and not bool(result.ne(0).any()):
-            raise _mask_ignored()
+            raise mask_ignored()
         return result
-    return torch.cat([-differences @ solutions for _, differences in _chunks(problem, removals, method, eps, chunk_size)])
+    return torch.cat([-differences @ solutions for _, differences in chunks(problem, removals, method, eps, chunk_size)])

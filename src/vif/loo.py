@@ -29,8 +29,8 @@ from .checks import build_problem, check_stationary
 from .errors import CacheWarning, InputError, RefitError, RefitWarning
 from .fit import gradient_norm
 from .params import Params, check_finite, flatten
-from .problem import takes_mask
-from .removals import as_groups
+from .removals import Removals
+from .target import Target
 from .task import is_task
 
 __all__ = ["leave_one_out", "objective_fingerprint", "ON_ERROR"]
@@ -193,16 +193,9 @@ def _load(path: Path, removed: tuple[int, ...], n_params: int) -> torch.Tensor |
 
 def _removal_sets(n_units: int, units: Sequence[int] | torch.Tensor | None, groups: Sequence | torch.Tensor | None
                   ) -> list[tuple[int, ...]]:
-    if units is not None and groups is not None:
-        raise InputError("Pass units= (single removals) or groups= (group removals), not both.")
-    if groups is not None:
-        return [tuple(group.tolist()) for group in as_groups(groups, n_units, torch.device("cpu"))]
-    selected = list(range(n_units)) if units is None else [int(unit) for unit in torch.as_tensor(units).reshape(-1).tolist()]
-    if not selected:
-        raise InputError("units is empty; pass at least one unit index, or units=None for all units.")
-    if any(unit < 0 or unit >= n_units for unit in selected):
-        raise InputError(f"units must lie in [0, {n_units}).")
-    return [(unit,) for unit in selected]
+    """The removed units of every row, parsed and checked by :class:`vif.removals.Removals` (as the estimates are)."""
+    removals = Removals.select(n_units, torch.zeros(1, dtype=torch.float64, device="cpu"), units, groups)
+    return [tuple(removals.members(row).tolist()) for row in range(len(removals))]
 
 
 def leave_one_out(
@@ -278,6 +271,7 @@ def leave_one_out(
         raise InputError(f"n_units must be a positive int, got {n_units!r}.")
     theta_hat, unflatten = flatten(params)
     removals = _removal_sets(n_units, units, groups)
+    checked_target = Target(target, theta_hat, unflatten, n_units, target_takes_mask)
     if objective is not None:
         check_stationary(build_problem(objective, params, n_units, True, None, None, "exact", 0.0, solver=False)[0],
                          on_unconverged, stationarity_tol, "vif.leave_one_out")
@@ -292,7 +286,7 @@ def leave_one_out(
         folder = _cache_folder(cache_dir, theta_hat, n_units, warm_start, fit, cache_key, fingerprint)
     refitted, failures = _run_refits(fit, params, removals, n_units, warm_start, objective, gtol, n_jobs, folder,
                                      progress, on_error)
-    result, thetas = _changes(target, target_takes_mask, removals, refitted, theta_hat, unflatten, n_units)
+    result, thetas = _changes(checked_target, removals, refitted)
     failed = torch.tensor([removed in failures for removed in removals], dtype=torch.bool, device="cpu")
     outputs = (result, thetas) if return_params else (result,)
     if on_error == "skip":
@@ -337,30 +331,20 @@ def _run_refits(fit: Callable, params: Params, removals: list[tuple[int, ...]], 
     return refitted, failures
 
 
-def _changes(target: Callable, target_takes_mask: bool | None, removals: list[tuple[int, ...]],
-             refitted: dict[tuple[int, ...], torch.Tensor], theta_hat: torch.Tensor, unflatten: Callable,
-             n_units: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _changes(target: Target, removals: list[tuple[int, ...]], refitted: dict[tuple[int, ...], torch.Tensor]
+             ) -> tuple[torch.Tensor, torch.Tensor]:
     """Target changes ``(n_removals, ...)`` and refitted parameters; NaN rows for removals not in ``refitted``."""
-    mask_aware = takes_mask(target, target_takes_mask)
-    baseline = None if mask_aware else target(unflatten(theta_hat))
+    theta_hat = target.theta
     changes, thetas = [], []
     for removed in removals:
         if removed not in refitted:
-            changes.append(None)
+            changes.append(torch.full((target.n_targets,), float("nan"), dtype=theta_hat.dtype, device=theta_hat.device))
             thetas.append(torch.full_like(theta_hat, float("nan")))
             continue
         theta = refitted[removed].to(dtype=theta_hat.dtype, device=theta_hat.device)
-        if mask_aware:
-            mask = torch.ones(n_units, dtype=theta_hat.dtype, device=theta_hat.device)
-            mask[list(removed)] = 0.0
-            change = target(unflatten(theta), mask) - target(unflatten(theta_hat), mask)
-        else:
-            change = target(unflatten(theta)) - baseline
-        changes.append(check_finite(change.detach(), f"the target change after removing unit(s) {list(removed)}"))
+        mask = target.ones.clone()
+        mask[list(removed)] = 0.0
+        changes.append(check_finite(target.change(theta, mask).detach(),
+                                    f"the target change after removing unit(s) {list(removed)}"))
         thetas.append(theta)
-    template = next((change for change in changes if change is not None), None)
-    if template is None:
-        template = (target(unflatten(theta_hat), torch.ones(n_units, dtype=theta_hat.dtype, device=theta_hat.device))
-                    if mask_aware else baseline).detach()
-    changes = [torch.full_like(template, float("nan")) if change is None else change for change in changes]
-    return torch.stack(changes), torch.stack(thetas)
+    return target.shaped(torch.stack(changes)), torch.stack(thetas)

@@ -7,7 +7,6 @@ removals ``r`` (:mod:`vif.removals`).
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -17,8 +16,9 @@ from torch.func import grad, jacrev, jvp, vmap
 from .errors import InputError, NonFiniteError, VIFError
 from .params import Params, check_finite, flatten
 from .removals import Removals
+from .target import takes_mask  # noqa: F401 (until experiments.groups imports it from vif.target)
 
-__all__ = ["Problem", "TaskHooks", "resolve_task", "takes_mask"]
+__all__ = ["Problem", "TaskHooks", "resolve_task"]
 
 #: removals at or above which VIF checks whether the objective is linear in the mask (a few passes)
 LINEARITY_CHECK_MIN_REMOVALS = 16
@@ -59,21 +59,6 @@ def resolve_task(objective: object, n_units: int | None) -> tuple[Callable, int,
     if n_units is None:
         raise InputError("n_units is required with a bare objective(params, mask) (the length of the mask).")
     return objective, n_units, None
-
-
-def takes_mask(target: Callable, override: bool | None) -> bool:
-    """Whether ``target`` is mask-aware: ``override``, else two required positional parameters."""
-    if override is not None:
-        return override
-    try:
-        signature = inspect.signature(target)
-    except (TypeError, ValueError):
-        return False
-    positional = [
-        p for p in signature.parameters.values()
-        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty
-    ]
-    return len(positional) >= 2
 
 
 class Problem:

@@ -35,6 +35,8 @@ class Removals:
         if units is None:
             return cls(n, like, torch.arange(n, device=device), None)
         index = torch.as_tensor(units, device=device)
+        if index.numel() == 0 and index.ndim <= 1:
+            raise InputError("units is empty; pass at least one unit index, or units=None for all units.")
         if index.ndim != 1 or index.is_floating_point() or index.dtype == torch.bool:
             raise InputError(f"units must be a 1-D sequence of integer unit indices, got {tuple(index.shape)} {index.dtype}.")
         if index.numel() and (int(index.min()) < 0 or int(index.max()) >= n):

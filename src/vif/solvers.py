@@ -72,6 +72,16 @@ class Solve:
         self.report = SolveReport(backend)
         self.damping: float | None = None  # the absolute damping used (set by make_solver)
 
+    @property
+    def backend(self) -> str:
+        """The backend's name: ``"exact"``, ``"pinv"``, ``"cg"``, ``"lissa"``, or ``"callable"`` (the caller's)."""
+        return self.report.backend
+
+    @property
+    def pseudo_inverse(self) -> bool:
+        """Whether the solver applies a pseudo-inverse (no Schur complement, see :mod:`vif.heldout`)."""
+        return self.backend == "pinv"
+
     def __call__(self, rhs: torch.Tensor) -> torch.Tensor:
         """Solve for ``rhs`` of shape ``(n_params,)`` or ``(n_params, k)``; same shape out."""
         solution, iterations, residual = self._function(rhs)
@@ -306,8 +316,11 @@ def make_solver(
     backend: str | torch.Tensor | SolverSpec | Callable = "exact",
     *,
     damping: float | RelativeDamping = 0.0,
-) -> Callable[[torch.Tensor], torch.Tensor]:
+) -> Solve:
     """Build ``B -> (H + damping I)^-1 B`` for the Hessian ``H`` of ``flat_objective`` at ``theta``.
+
+    The one place where ``hessian=`` is resolved: every route (the estimate, held-out steps, diagnostics) uses
+    the built :class:`Solve`, which names its backend (a caller's ready solver is wrapped as ``"callable"``).
 
     Args:
         flat_objective: scalar function of a flat parameter vector (the mask already fixed).
@@ -336,13 +349,13 @@ def make_solver(
     if isinstance(backend, SolverSpec):
         absolute = damping.resolve(source, backend) if isinstance(damping, RelativeDamping) else float(damping)
         solve = backend.build(source, absolute)
-        if isinstance(solve, Solve):
-            solve.damping = absolute
+        solve = solve if isinstance(solve, Solve) else _direct(solve, type(backend).__name__)
+        solve.damping = absolute
         return solve
     if callable(backend):
         if isinstance(damping, RelativeDamping) or damping != 0:
             raise InputError("damping is applied by the solvers vif builds; include it in your own solver instead.")
-        return backend
+        return backend if isinstance(backend, Solve) else _direct(backend, "callable")
     raise InputError(
         f"hessian must be one of {', '.join(BACKENDS)}, a solver spec such as vif.solvers.CG(tol=1e-6), a dense "
         f"Hessian tensor or a solver callable; got {type(backend).__name__}."

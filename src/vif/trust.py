@@ -48,9 +48,12 @@ from torch.func import grad_and_value, jvp
 from .checks import build_problem, check_chunk_size, check_stationary
 from .errors import InputError
 from .params import Params, check_finite
-from .problem import takes_mask
+from .problem import Problem
+from .removals import Removals
+from .steps import Steps
+from .target import Target
 
-__all__ = ["TrustReport", "trust", "RECOMMENDED_THRESHOLD", "RECOMMENDED_RISK"]
+__all__ = ["TrustReport", "trust", "diagnose", "RECOMMENDED_THRESHOLD", "RECOMMENDED_RISK"]
 
 RECOMMENDED_THRESHOLD = 0.5
 RECOMMENDED_RISK = 1.0
@@ -125,14 +128,23 @@ def trust(
     Returns:
         A :class:`TrustReport`. See the module docstring for the formulas.
     """
-    from .influence import _Steps  # the estimate's own step (held-out parameters included)
-
     threshold, risk_threshold = _check_threshold(threshold), _check_threshold(risk_threshold)
     check_chunk_size(chunk_size)
     problem, removals, solve = build_problem(objective, params, n_units, vectorize, units, groups, hessian, damping)
     check_stationary(problem, on_unconverged, stationarity_tol, "vif.trust")
-    steps = _Steps(problem, removals, solve, unit_params, "vif", 1.0, hessian, chunk_size, check_unit_params)
-    flat_target = _flat_target(problem, target, target_takes_mask)
+    steps = Steps(problem, removals, solve, unit_params, "vif", 1.0, chunk_size, check_unit_params)
+    flat_target = None if target is None else Target(target, problem.theta, problem.unflatten, problem.n_units,
+                                                       target_takes_mask)
+    return diagnose(problem, removals, steps, flat_target, chunk_size, threshold, risk_threshold)
+
+
+def diagnose(problem: Problem, removals: Removals, steps: Steps, flat_target: Target | None, chunk_size: int,
+             threshold: float = RECOMMENDED_THRESHOLD, risk_threshold: float = RECOMMENDED_RISK) -> TrustReport:
+    """The :class:`TrustReport` of a built problem: the steps (and factorised solver) of the estimate itself.
+
+    :func:`trust` builds the problem and calls this; ``vif.influence(..., diagnostics=True)`` calls it with the
+    problem, removals, steps and target of its own estimate, so nothing is built or factorised twice.
+    """
     value_and_gradient = grad_and_value(problem.flat_objective)
     rows_out: list[tuple[torch.Tensor, ...]] = []
     for rows in torch.split(torch.arange(len(removals), device=problem.theta.device), max(1, chunk_size)):
@@ -166,30 +178,7 @@ def trust(
                        risk_threshold)
 
 
-class _FlatTarget:
-    def __init__(self, problem, target: Callable, mask_aware: bool, scalar: bool) -> None:
-        self.problem, self.target, self.mask_aware, self.scalar = problem, target, mask_aware, scalar
-
-    def __call__(self, theta: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        params = self.problem.unflatten(theta)
-        value = self.target(params, mask) if self.mask_aware else self.target(params)
-        return value.reshape(-1) if value.ndim == 0 else value
-
-
-def _flat_target(problem, target: Callable | None, override: bool | None) -> _FlatTarget | None:
-    if target is None:
-        return None
-    if not callable(target):
-        raise InputError(f"target must be callable, got {type(target).__name__}.")
-    mask_aware = takes_mask(target, override)
-    probe = target(problem.unflatten(problem.theta), problem.ones) if mask_aware else target(
-        problem.unflatten(problem.theta))
-    if not isinstance(probe, torch.Tensor) or probe.ndim > 1:
-        raise InputError("target must return a scalar or a 1-D tensor of targets.")
-    return _FlatTarget(problem, target, mask_aware, probe.ndim == 0)
-
-
-def _directional(problem, flat_target: _FlatTarget, masks: torch.Tensor, delta: torch.Tensor,
+def _directional(problem: Problem, flat_target: Target, masks: torch.Tensor, delta: torch.Tensor,
                  second: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``f(theta_hat + delta_i + s_i, m_i) - f(theta_hat, m_i) - grad f(theta_hat, m_i) . delta_i``, ``(k, n_targets)``.
 
