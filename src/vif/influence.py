@@ -114,8 +114,12 @@ def parameter_influence(
         Tensor ``(n_removals, n_params)``, columns in the order of :func:`vif.params.flatten`.
 
     Raises:
-        InputError: bad names, shapes or values; MaskIgnoredError; NonFiniteError;
-        NotPositiveDefiniteError; ConvergenceError; NotAMinimiserError (see the messages for remedies).
+        InputError: bad names, shapes or values (each message names the argument and a remedy).
+        MaskIgnoredError: every difference is exactly zero (the objective ignores its mask).
+        NonFiniteError: a gradient or a solution is not finite.
+        NotPositiveDefiniteError: the (damped) Hessian is not positive definite.
+        ConvergenceError: an iterative solver did not reach its tolerance.
+        NotAMinimiserError: ``params`` fails the stationarity check.
     """
     _validate_method(method, eps)
     check_chunk_size(chunk_size)
@@ -175,9 +179,13 @@ def influence(
         change of the objective's gradient when the unit is removed; see the module docstring.
 
     Raises:
-        InputError: unknown method/backend, bad ``units``/``groups``, a target that is not a scalar or 1-D
-        tensor, an objective that fails on a mask of length ``n_units``; MaskIgnoredError; NonFiniteError;
-        NotPositiveDefiniteError; ConvergenceError; NotAMinimiserError.
+        InputError: unknown method or backend, bad ``units``/``groups``, a target that is not a scalar or 1-D
+            tensor, an objective that fails on a mask of length ``n_units``.
+        MaskIgnoredError: every influence is exactly zero (the objective ignores its mask).
+        NonFiniteError: the target, a gradient or a solution is not finite.
+        NotPositiveDefiniteError: the (damped) Hessian is not positive definite.
+        ConvergenceError: an iterative solver did not reach its tolerance.
+        NotAMinimiserError: ``params`` fails the stationarity check.
     """
     _validate_method(method, eps)
     check_chunk_size(chunk_size)
