@@ -1,14 +1,17 @@
-"""The package's shape: import direction, module sizes, allocations that follow the inputs, the task contract."""
+"""The package's shape: import direction and no import circles, module sizes, allocations that follow the inputs,
+the task contract on every task class the code defines."""
 
 from __future__ import annotations
 
 import ast
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
 
 import vif
+import vif.tasks
 from vif.task import is_task
 
 SOURCE = Path(__file__).resolve().parents[1] / "src" / "vif"
@@ -21,20 +24,95 @@ def _modules(folder: Path) -> list[Path]:
     return sorted(folder.glob("*.py"))
 
 
+def _module_name(path: Path) -> str:
+    """``src/vif/tasks/cox.py`` -> ``vif.tasks.cox``; a package's ``__init__.py`` is the package."""
+    parts = ["vif", *path.relative_to(SOURCE).with_suffix("").parts]
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+PACKAGE_MODULES = {_module_name(path) for path in SOURCE.rglob("*.py")}
+
+
 def _imported(path: Path) -> set[str]:
-    """Absolute names of the vif modules ``path`` imports (relative imports resolved)."""
+    """The vif modules ``path`` imports anywhere, lazy imports inside functions included.
+
+    Relative imports are resolved; ``from pkg import name`` is an import of the module ``pkg.name`` when there
+    is one (``from .. import errors`` imports ``vif.errors``, not the package ``vif``), else of ``pkg``.
+    """
     package = ["vif", *path.relative_to(SOURCE).parent.parts]
     names = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
-            names |= {alias.name for alias in node.names if alias.name.startswith("vif")}
+            names |= {alias.name for alias in node.names if alias.name.split(".")[0] == "vif"}
         elif isinstance(node, ast.ImportFrom):
             base = package[: len(package) - node.level + 1] if node.level else []
             module = ".".join(base + ([node.module] if node.module else []))
-            if module.startswith("vif"):
-                names.add(module)
-                names |= {f"{module}.{alias.name}" for alias in node.names}
+            if module.split(".")[0] == "vif":
+                names |= {f"{module}.{alias.name}" if f"{module}.{alias.name}" in PACKAGE_MODULES else module
+                          for alias in node.names}
     return names
+
+
+def _import_graph() -> dict[str, set[str]]:
+    """Every module of the package -> the package's modules it imports."""
+    return {_module_name(path): _imported(path) & PACKAGE_MODULES for path in SOURCE.rglob("*.py")}
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """One shortest import circle per strongly connected component (Tarjan), e.g. ``[a, b, a]``."""
+    index, low, stack, on_stack, components = {}, {}, [], set(), []
+
+    def connect(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        on_stack.add(node)
+        for child in sorted(graph.get(node, ())):
+            if child not in index:
+                connect(child)
+                low[node] = min(low[node], low[child])
+            elif child in on_stack:
+                low[node] = min(low[node], index[child])
+        if low[node] == index[node]:
+            component, top = set(), None
+            while top != node:
+                top = stack.pop()
+                on_stack.discard(top)
+                component.add(top)
+            components.append(component)
+
+    for node in sorted(graph):
+        if node not in index:
+            connect(node)
+    cycles = []
+    for component in components:
+        start = min(component)
+        if len(component) == 1 and start not in graph.get(start, ()):
+            continue
+        paths, seen = [[start]], set()  # breadth-first inside the component back to start
+        while paths:
+            path = paths.pop(0)
+            children = sorted(graph[path[-1]] & component)
+            if start in children:
+                cycles.append([*path, start])
+                break
+            for child in children:
+                if child not in seen:
+                    seen.add(child)
+                    paths.append([*path, child])
+    return sorted(cycles)
+
+
+def test_the_cycle_finder_names_each_circle():
+    graph = {"a": {"b"}, "b": {"c", "a"}, "c": {"b"}, "d": {"d"}, "e": {"a"}}
+    assert _cycles(graph) == [["a", "b", "a"], ["d", "d"]]
+    assert _cycles({"a": {"b"}, "b": {"c"}, "c": set()}) == []
+
+
+def test_no_import_circle_anywhere():
+    """If module A needs a helper of B and B imports A (even lazily, inside a function), the helper moves."""
+    cycles = _cycles(_import_graph())
+    assert not cycles, "import circles (move the shared helper into a third module):\n" + "\n".join(
+        " -> ".join(cycle) for cycle in cycles)
 
 
 @pytest.mark.parametrize("path", [p for p in _modules(SOURCE) if p.name not in EDGE_MODULES], ids=lambda p: p.name)
@@ -74,28 +152,58 @@ def test_registries_are_the_folders():
         assert callable(module.reproduce) and callable(module.add_arguments)
 
 
-def _tasks():
-    from vif.datasets.graphs import load_graph
-    from vif.tasks import cox, embedding, logistic, pairwise, ranking
-
+def _small_data() -> dict[str, torch.Tensor]:
     generator = torch.Generator().manual_seed(0)
     X = torch.randn(12, 3, generator=generator, dtype=torch.float64)
-    y = (X[:, 0] > 0).to(torch.float64)
-    R = (torch.rand(12, 5, generator=generator, dtype=torch.float64) < 0.4).to(torch.float64)
-    R[:, 0] = 1.0
-    times = torch.arange(1, 13, dtype=torch.float64) * 1.5
-    return [
-        logistic.LogisticRegression(X, y, l2=1.0),
-        pairwise.PairwiseRanking(X, torch.arange(12, dtype=torch.float64) % 3, l2=1.0),
-        cox.CoxRegression(X, times, y.clone().fill_(1.0), l2=0.1),
-        embedding.objective(load_graph("karate"), l2=0.3),
-        ranking.ListwiseRanking(X, R, l2=1e-2),
-    ]
+    relevance = (torch.rand(12, 5, generator=generator, dtype=torch.float64) < 0.4).to(torch.float64)
+    relevance[:, 0] = 1.0
+    views = torch.stack([X, X + 0.1 * torch.randn(12, 3, generator=generator, dtype=torch.float64)])
+    return {"X": X, "y": (X[:, 0] > 0).to(torch.float64), "relevance": relevance, "views": views,
+            "times": torch.arange(1, 13, dtype=torch.float64) * 1.5, "events": torch.ones(12, dtype=torch.float64)}
 
 
-@pytest.mark.parametrize("task", _tasks(), ids=lambda task: type(task).__name__)
-def test_every_task_keeps_the_contract(task):
-    assert is_task(task)
+def _task_instances() -> dict[type, Callable[[dict[str, torch.Tensor]], object]]:
+    """One small instance of every task class (``vif.tasks.task_classes()``), built from ``_small_data()``.
+
+    A new task class gets its entry here: ``test_every_task_class_has_a_small_instance`` fails until it does.
+    """
+    from vif.datasets.graphs import load_graph
+    from vif.tasks import contrastive, cox, embedding, logistic, neural_cox, pairwise, ranking
+
+    return {
+        logistic.LogisticRegression: lambda d: logistic.LogisticRegression(d["X"], d["y"], l2=1.0),
+        pairwise.PairwiseRanking: lambda d: pairwise.PairwiseRanking(d["X"], torch.arange(12, dtype=torch.float64) % 3,
+                                                                     l2=1.0),
+        cox.CoxRegression: lambda d: cox.CoxRegression(d["X"], d["times"], d["events"], l2=0.1),
+        embedding.SkipGram: lambda d: embedding.objective(load_graph("karate"), l2=0.3),
+        ranking.ListwiseRanking: lambda d: ranking.ListwiseRanking(d["X"], d["relevance"], l2=1e-2),
+        neural_cox.NeuralCox: lambda d: neural_cox.NeuralCox(d["X"], d["times"], d["events"], hidden=(2,),
+                                                             weight_decay=1.0, gtol=1e-8),
+        contrastive.Contrastive: lambda d: contrastive.Contrastive(d["views"], contrastive.encoder("linear", 3, 2),
+                                                                   weight_decay=0.1, gtol=1e-8),
+    }
+
+
+TASK_CLASSES = vif.tasks.task_classes()
+
+
+def test_every_task_class_has_a_small_instance():
+    """The contract test below runs on every task class the code defines, not on a list kept by hand."""
+    built = _task_instances()
+    missing = [f"{cls.__module__}.{cls.__qualname__}" for cls in TASK_CLASSES if cls not in built]
+    assert not missing, (f"task classes without a small instance: {missing}; add one to _task_instances() in "
+                         "tests/test_architecture.py")
+    stale = [cls.__qualname__ for cls in built if cls not in TASK_CLASSES]
+    assert not stale, f"_task_instances() builds classes that vif.tasks.task_classes() does not find: {stale}"
+
+
+@pytest.mark.parametrize("cls", TASK_CLASSES, ids=lambda cls: cls.__qualname__)
+def test_every_task_keeps_the_contract(cls):
+    build = _task_instances().get(cls)
+    if build is None:
+        pytest.fail(f"{cls.__qualname__} has no small instance: add one to _task_instances()")
+    task = build(_small_data())
+    assert type(task) is cls and is_task(task)
     params = task.fit()
     theta, _ = vif.params.flatten(params)
     mask = torch.ones(task.n_units, dtype=theta.dtype)

@@ -1,9 +1,10 @@
 import json
+from pathlib import Path
 
 import pytest
 
 from vif.errors import InputError
-from vif.reporting import HEADLINES_FILE, Headline, collect_headlines, headlines_html, write_headlines
+from vif.reporting import HEADLINES_FILE, Headline, book_chapters, collect_headlines, headlines_html, write_headlines
 
 
 def test_headlines_round_trip_and_targets_are_judged_in_their_direction(tmp_path):
@@ -48,3 +49,15 @@ def test_the_html_table_links_chapters_and_figures_and_marks_missed_targets(tmp_
     assert '<a href="06_contrastive.html#fig-cl-scatter">figure</a>' in html
     assert "31.2x" in html and "\u2265\u00a0100.0x (asserted \u2265\u00a020.0x)" in html and "missed" in html
     assert "<td>0.9700</td><td>\u2014</td><td>\u2014</td>" in html  # no target: no verdict
+
+
+def test_the_chapters_come_from_the_table_of_contents_in_its_order(tmp_path):
+    toc = tmp_path / "_toc.yml"
+    toc.write_text("format: jb-book\nroot: book/intro\nparts:\n  - caption: Methods\n    chapters:\n"
+                   "      - file: book/02_cox.md\n        sections:\n          - file: book/02b_extra\n"
+                   "      - file: book/glance\n  - caption: More\n    chapters:\n      - file: book/01_influence\n")
+    assert book_chapters(toc) == ["02_cox", "02b_extra", "01_influence"]
+    book = book_chapters(Path(__file__).resolve().parents[1] / "_toc.yml")
+    assert book[0] == "01_influence" and len(book) >= 7 and "glance" not in book
+    with pytest.raises(InputError, match="_toc.yml"):
+        book_chapters(tmp_path / "missing.yml")

@@ -3,7 +3,8 @@
 A chapter calls :func:`write_headlines` in its checks cell with the numbers it asserts (measured value,
 target, whether the target is a floor or a ceiling, the figure that shows it). The "Results at a glance"
 page calls :func:`collect_headlines` on the folder that holds every chapter's output folder and shows one
-table. Nothing on that page is typed: every number comes from the run that wrote the JSON file.
+table; :func:`book_chapters` reads which chapters to expect from the book's ``_toc.yml``. Nothing on that page
+is typed: every number comes from the run that wrote the JSON file.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ import pandas as pd
 
 from .errors import InputError
 
-__all__ = ["HEADLINES_FILE", "Headline", "write_headlines", "read_headlines", "collect_headlines", "headlines_html"]
+__all__ = ["HEADLINES_FILE", "Headline", "write_headlines", "read_headlines", "collect_headlines", "headlines_html",
+           "book_chapters"]
 
 HEADLINES_FILE = "headlines.json"
 
@@ -133,3 +135,30 @@ def headlines_html(table: pd.DataFrame) -> str:
     head = "<tr><th>ch.</th><th>result</th><th>measured</th><th>target</th><th>met?</th><th>shown in</th></tr>"
     return (f'<div class="table-wrapper"><table class="table"><thead>{head}</thead><tbody>'
             f'{"".join(rows)}</tbody></table></div>')
+
+
+def book_chapters(toc_path: str | os.PathLike) -> list[str]:
+    """The numbered chapters of the book's table of contents, in its order: page names such as ``"02_cox"``.
+
+    ``toc_path`` is the Jupyter Book ``_toc.yml``; a chapter is a listed file whose name starts with a digit
+    (parts and nested sections included; a suffix such as ``.md`` is dropped). Reads the file with PyYAML,
+    which the book's requirements install.
+    """
+    import yaml  # the book's dependency, not the package's: only the book calls this
+
+    try:
+        toc = yaml.safe_load(Path(toc_path).read_text())
+    except (OSError, yaml.YAMLError) as error:
+        raise InputError(f"{toc_path}: cannot read the book's table of contents ({error}). Pass the path of "
+                         "_toc.yml (from a chapter's folder: '../_toc.yml').") from error
+    files = []
+
+    def walk(entries: list[dict]) -> None:
+        for entry in entries:
+            files.append(entry.get("file", ""))
+            walk(entry.get("sections", []))
+
+    walk([{"file": toc.get("root", "")}, *toc.get("chapters", [])])
+    for part in toc.get("parts", []):
+        walk(part.get("chapters", []))
+    return [Path(name).stem for name in files if Path(name).name[:1].isdigit()]
