@@ -17,7 +17,7 @@ import importlib
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
-from . import datamodels, errors, fit, forward, hessian, metrics, params, solvers, structured, trust
+from . import datamodels, errors, fit, forward, hessian, metrics, params, pbrf, solvers, structured, target, trust
 from .influence import influence, parameter_influence
 from .loo import leave_one_out
 from .task import Task
@@ -42,8 +42,10 @@ __all__ = [
     "metrics",
     "parameter_influence",
     "params",
+    "pbrf",
     "solvers",
     "structured",
+    "target",
     "trust",
 ]
 

@@ -8,6 +8,23 @@ Every message names the problem, the value that was seen and a remedy. All excep
 
 from __future__ import annotations
 
+__all__ = [
+    "VIFError",
+    "InputError",
+    "MaskError",
+    "MaskIgnoredError",
+    "NonFiniteError",
+    "NotPositiveDefiniteError",
+    "ConvergenceError",
+    "DatasetNotFoundError",
+    "ConvergenceWarning",
+    "NotAMinimiserError",
+    "UnconvergedWarning",
+    "RefitError",
+    "CacheWarning",
+    "RefitWarning",
+]
+
 
 class VIFError(Exception):
     """Base class of every exception raised by :mod:`vif`."""
