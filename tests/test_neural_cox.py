@@ -122,9 +122,32 @@ def test_vif_tracks_leave_one_out_on_a_small_strongly_regularised_model():
 
 
 def _pbrf_fit(task, params, mask):
-    from vif.tasks.neural_cox import minimise
+    return vif.fit.lbfgs_newton(pbrf_objective(task, params), dict(params), mask, gtol=1e-9)
 
-    return minimise(pbrf_objective(task, params), dict(params), mask, gtol=1e-9)
+
+@pytest.mark.parametrize("damping", [0.0, 0.3])
+def test_pbrf_objective_is_the_bregman_formula_and_is_minimised_at_the_fit(damping):
+    """``l(f_theta, m) - <grad_eta l(eta_s, 1), f_theta> + ((weight_decay + damping) / 2) ||theta - theta_s||^2``."""
+    x, time, event = _tied_data(n=30, seed=2)
+    task = NeuralCox(x, time, event, hidden=(3,), weight_decay=0.7, gtol=1e-9)
+    params_s = task.fit()
+    ones = torch.ones(task.n_units, dtype=torch.float64)
+    theta_s, unflatten = flatten(params_s)
+    slope = grad(task.output_loss)(task.outputs(params_s), ones)
+
+    def explicit(theta, mask):
+        eta = task.outputs(unflatten(theta))
+        return task.output_loss(eta, mask) - slope @ eta + 0.5 * (0.7 + damping) * ((theta - theta_s) ** 2).sum()
+
+    objective = pbrf_objective(task, params_s, damping)
+    generator = torch.Generator().manual_seed(0)
+    theta = theta_s + 0.1 * torch.randn(theta_s.shape, generator=generator, dtype=torch.float64)
+    mask = ones.clone()
+    mask[[1, 4]] = 0.0
+    torch.testing.assert_close(objective(unflatten(theta), mask), explicit(theta, mask), rtol=1e-13, atol=0)
+    torch.testing.assert_close(flatten(grad(objective)(unflatten(theta), mask))[0], grad(explicit)(theta, mask),
+                               rtol=0, atol=1e-12)
+    assert vif.fit.gradient_norm(objective, params_s, ones) <= 1e-9  # theta_s minimises it at the full mask
 
 
 def test_bad_inputs_raise_vif_errors():

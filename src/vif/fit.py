@@ -1,11 +1,19 @@
-"""Every optimiser of the package: Newton, L-BFGS, preconditioned L-BFGS, the saddle-free Newton polish, Adam.
+"""Every optimiser of the package, behind one signature: ``optimiser(objective, init, mask, *, gtol, max_iter, ...)``.
 
 The tight solvers minimise ``objective(params, mask)`` over ``params`` for a fixed ``mask`` and raise
-:class:`~vif.errors.ConvergenceError` when the final gradient's largest absolute entry is above ``gtol``:
-an unconverged fit makes every influence estimate and every leave-one-out difference unreliable.
-The returned parameters have the structure of ``init`` (tensor or dict) and are detached. :func:`adam` and
-:func:`minibatch_adam` reproduce the papers' first-order training protocols (a fixed number of epochs, no
-tolerance): they are ground truths of a protocol, not minimisers.
+:class:`~vif.errors.ConvergenceError` when the final gradient's largest absolute entry is above ``gtol``
+(the message gives the iterations and that gradient norm): an unconverged fit makes every influence estimate
+and every leave-one-out difference unreliable. ``gtol=None`` is the default of the dtype (:func:`default_gtol`).
+The returned parameters have the structure of ``init`` (tensor or dict) and are detached.
+
+:func:`newton` (exact Hessian, Cholesky) and :func:`lbfgs`; :func:`preconditioned_lbfgs` (warm refits, or Newton
+rounds that re-factorise a dense Hessian); :func:`lbfgs_newton` (L-BFGS, then Newton up to :data:`DENSE_LIMIT`
+parameters); :func:`saddle_free_newton` and :func:`chord_newton` (pseudo-inverse ``|H|`` steps, for flat
+directions and saddles).
+
+:func:`adam` and :func:`minibatch_adam` reproduce the papers' first-order training protocols (a fixed number
+of epochs, no tolerance): they are ground truths of a protocol, not minimisers. The loop bodies live in the
+private ``vif._optimisers``; this module is the public home.
 """
 
 from __future__ import annotations
@@ -16,51 +24,40 @@ from collections.abc import Callable
 import torch
 from torch.func import grad, vmap
 
+from ._optimisers import (
+    abs_pinv,
+    chord_steps,
+    default_gtol,
+    flat_objective,
+    newton_steps,
+    precision_hint,
+    preconditioned_steps,
+    saddle_free_polish,
+    torch_lbfgs,
+)
 from .errors import ConvergenceError, InputError
-from .hessian import hessian_matrix
-from .params import Params, check_finite, flatten
+from .params import Params, check_finite
+from .solvers import cholesky_solver
 
-__all__ = ["newton", "lbfgs", "gradient_norm", "default_gtol", "preconditioned_lbfgs", "saddle_free_newton", "adam",
-           "minibatch_adam"]
+__all__ = ["newton", "lbfgs", "preconditioned_lbfgs", "lbfgs_newton", "saddle_free_newton", "chord_newton",
+           "saddle_free_inverse", "gradient_norm", "default_gtol", "adam", "minibatch_adam", "DENSE_LIMIT",
+           "NEWTON_LIMIT"]
 
+DENSE_LIMIT = 3000
+"""Most parameters for which a fit forms the dense Hessian and factorises it (Cholesky): the one size rule.
 
-def _flat(objective: Callable, init: Params, mask: torch.Tensor):
-    if not isinstance(mask, torch.Tensor) or not mask.is_floating_point() or mask.ndim != 1:
-        raise InputError("mask must be a 1-D float tensor (ones keep units, zeros remove them).")
-    theta, unflatten = flatten(init)
-    mask = mask.to(dtype=theta.dtype, device=theta.device)
+:func:`lbfgs_newton` polishes with :func:`newton` up to it. The saddle-free polish factorises by an
+eigendecomposition instead, about ``9 n^3`` flops against ``n^3 / 3`` for Cholesky (Golub and Van Loan):
+27 times the work, so the same budget allows a third of the size, :data:`NEWTON_LIMIT`.
+"""
 
-    def function(vector: torch.Tensor) -> torch.Tensor:
-        return objective(unflatten(vector), mask)
-
-    check_finite(function(theta), "objective(init, mask)", "Start from finite parameters (e.g. zeros).")
-    return theta.clone(), unflatten, function
-
-
-DEFAULT_GTOL = {"newton": {torch.float64: 1e-9, torch.float32: 1e-4}, "lbfgs": {torch.float64: 1e-7, torch.float32: 1e-4},
-                "saddle_free_newton": {torch.float64: 1e-10, torch.float32: 1e-4}}
-
-
-def default_gtol(method: str, dtype: torch.dtype) -> float:
-    """The default ``gtol`` of ``method`` (``"newton"``, ``"lbfgs"``, ``"saddle_free_newton"``) for ``dtype``.
-
-    float32 resolves an objective to about ``1e-7`` of its size, so its gradients stop near ``1e-5``-``1e-4``
-    on the package's objectives; float64 tolerances would never be met.
-    """
-    return DEFAULT_GTOL[method].get(dtype, DEFAULT_GTOL[method][torch.float32])
-
-
-def _precision_hint(dtype: torch.dtype, gtol: float) -> str:
-    if dtype == torch.float64:
-        return ""
-    return (f" The parameters are {dtype}: its rounding (eps {torch.finfo(dtype).eps:.1e}) limits how small the "
-            f"gradient can get, so gtol = {gtol:.0e} may be out of reach: fit in float64 or use gtol >= "
-            f"{default_gtol('newton', dtype):.0e} (the {dtype} default).")
+NEWTON_LIMIT = DENSE_LIMIT // 3
+"""Most parameters for which :func:`saddle_free_newton` polishes (an eigendecomposition): ``DENSE_LIMIT / 3``."""
 
 
 def gradient_norm(objective: Callable, params: Params, mask: torch.Tensor) -> float:
     """Largest absolute entry of ``grad_params objective(params, mask)``: the convergence measure used here."""
-    theta, _, function = _flat(objective, params, mask)
+    theta, _, function = flat_objective(objective, params, mask)
     return float(grad(function)(theta).abs().max())
 
 
@@ -89,52 +86,9 @@ def newton(
             objective; the message gives the iterations and gradient norm (and names float32 as the likely
             cause when the parameters are float32).
     """
-    theta, unflatten, function = _flat(objective, init, mask)
+    theta, unflatten, function = flat_objective(objective, init, mask)
     gtol = default_gtol("newton", theta.dtype) if gtol is None else gtol
-    gradient_of = grad(function)
-    value = function(theta)
-    for iteration in range(max_iter + 1):
-        gradient = check_finite(gradient_of(theta), "the gradient during the Newton fit")
-        norm = float(gradient.abs().max())
-        if norm <= gtol:
-            return unflatten(theta.detach())
-        if iteration == max_iter:
-            break
-        matrix = hessian_matrix(function, theta)
-        step = _damped_newton_step(matrix, gradient)
-        slope = float(gradient @ step)
-        rounding = 16.0 * torch.finfo(theta.dtype).eps * max(abs(float(value)), 1.0)  # objective's resolution
-        size = 1.0
-        while size > 1e-12:
-            candidate = theta + size * step
-            new_value = function(candidate)
-            if bool(torch.isfinite(new_value)) and float(new_value) <= float(value) + 1e-4 * size * slope + rounding:
-                break
-            size *= 0.5
-        else:
-            raise ConvergenceError(
-                f"Newton stalled at iteration {iteration}: no step along the Newton direction decreases the "
-                f"objective, max|grad| = {norm:.3e} > gtol = {gtol:.1e}. This is the floating-point floor "
-                "of the objective: use float64, loosen gtol, or check the objective's gradient."
-                + _precision_hint(theta.dtype, gtol)
-            )
-        theta, value = candidate, new_value
-    raise ConvergenceError(
-        f"Newton did not converge in {max_iter} iterations: max|grad| = {norm:.3e} > gtol = {gtol:.1e}. "
-        "Increase max_iter; if the parameters keep growing the minimum may not exist (e.g. separable data): "
-        "add an L2 penalty." + _precision_hint(theta.dtype, gtol)
-    )
-
-
-def _damped_newton_step(matrix: torch.Tensor, gradient: torch.Tensor) -> torch.Tensor:
-    identity = torch.eye(matrix.shape[0], dtype=matrix.dtype, device=matrix.device)
-    mu = 0.0
-    floor = 1e-8 * max(float(matrix.diagonal().abs().max()), 1.0)
-    while True:
-        factor, info = torch.linalg.cholesky_ex(matrix + mu * identity)
-        if int(info) == 0:
-            return -torch.cholesky_solve(gradient[:, None], factor)[:, 0]
-        mu = floor if mu == 0.0 else 10.0 * mu
+    return unflatten(newton_steps(function, theta, gtol=gtol, max_iter=max_iter).detach())
 
 
 def lbfgs(
@@ -160,20 +114,10 @@ def lbfgs(
     Raises:
         ConvergenceError: ``max|grad| > gtol`` at the end; the message gives the gradient norm.
     """
-    theta, unflatten, function = _flat(objective, init, mask)
+    theta, unflatten, function = flat_objective(objective, init, mask)
     gtol = default_gtol("lbfgs", theta.dtype) if gtol is None else gtol
-    variable = theta.detach().clone().requires_grad_(True)
-    optimizer = torch.optim.LBFGS(
-        [variable], lr=1.0, max_iter=max_iter, max_eval=2 * max_iter, tolerance_grad=gtol,
-        tolerance_change=0.0, history_size=history_size, line_search_fn="strong_wolfe",
-    )
-
-    def closure() -> torch.Tensor:
-        optimizer.zero_grad()
-        loss = function(variable)
-        loss.backward()
-        return loss
-
+    variable, optimizer, closure = torch_lbfgs(function, theta, gtol=gtol, max_iter=max_iter, history_size=history_size,
+                                               max_eval=2 * max_iter)
     used, norm = 0, float("inf")
     while used < max_iter:
         optimizer.param_groups[0]["max_iter"] = max_iter - used
@@ -189,83 +133,146 @@ def lbfgs(
         raise ConvergenceError(
             f"L-BFGS did not converge in {max_iter} iterations: max|grad| = {norm:.3e} > gtol = {gtol:.1e}. "
             "Increase max_iter, loosen gtol, or polish with vif.fit.newton (exact Hessian)."
-            + _precision_hint(theta.dtype, gtol)
+            + precision_hint(theta.dtype, gtol)
         )
     return unflatten(variable.detach())
 
 
 def preconditioned_lbfgs(
-    function: Callable[[torch.Tensor], torch.Tensor],
-    theta: torch.Tensor,
-    solve: Callable[[torch.Tensor], torch.Tensor],
+    objective: Callable,
+    init: Params,
+    mask: torch.Tensor,
     *,
-    gtol: float,
+    preconditioner: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    hessian: Callable[[Params], torch.Tensor] | None = None,
+    refresh: int | None = None,
+    gtol: float | None = None,
     max_iter: int = 200,
-    history: int = 20,
-) -> tuple[torch.Tensor, bool]:
-    """Minimise a flat ``function`` by L-BFGS whose initial inverse Hessian is ``solve`` (an SPD preconditioner).
+    history_size: int = 20,
+) -> Params:
+    """Minimise by L-BFGS whose initial inverse Hessian is a preconditioner, with Armijo backtracking.
 
-    With ``solve`` the exact inverse Hessian at a nearby point, the first step is a Newton step and the
-    curvature pairs correct for the difference between that Hessian and the current one, so few gradients
-    are needed. Armijo backtracking; pairs with ``y.s <= 0`` are skipped.
+    With the exact inverse Hessian at a nearby point (a leave-one-out refit from the full-data fit), the
+    first step is a Newton step and the curvature pairs correct for the difference between that Hessian and
+    the current one, so few gradients are needed. Pairs with ``y.s <= 0`` are skipped.
+
+    Args:
+        objective, init, mask: as in :func:`newton`.
+        preconditioner: ``g -> M^-1 g`` for ``(n_params,)`` vectors in :func:`vif.params.flatten` order, ``M``
+            symmetric positive definite (e.g. :func:`vif.solvers.cholesky_solver` of a nearby Hessian).
+        hessian: instead of ``preconditioner``, ``params -> H`` dense ``(n_params, n_params)``, factorised by
+            Cholesky at ``init`` and again every ``refresh`` iterations (Newton rounds).
+        refresh: iterations per round; each round restarts the curvature history (and factorises ``hessian``
+            again). Default ``max_iter``: one round.
+        gtol: stop when ``max|grad| <= gtol``; default by dtype (``1e-7`` in float64, ``1e-4`` in float32).
+        max_iter: cap on iterations over all rounds.
+        history_size: number of curvature pairs kept.
 
     Returns:
-        ``(theta, converged)`` with ``converged`` meaning ``max|grad| <= gtol``.
+        The minimiser, with the structure of ``init``.
+
+    Raises:
+        InputError: not exactly one of ``preconditioner`` and ``hessian``, or ``refresh < 1``.
+        NotPositiveDefiniteError: ``hessian`` returned a matrix that is not positive definite.
+        ConvergenceError: ``max|grad| > gtol`` after ``max_iter`` iterations; the message gives the gradient norm.
     """
-    value_and_gradient = torch.func.grad_and_value(function)
-    gradient, value = value_and_gradient(theta)
-    pairs: list[tuple[torch.Tensor, torch.Tensor, float]] = []
-    for _ in range(max_iter):
-        if float(gradient.abs().max()) <= gtol:
-            return theta, True
-        q, alphas = gradient.clone(), []
-        for s_k, y_k, rho in reversed(pairs):
-            alphas.append(rho * float(s_k @ q))
-            q -= alphas[-1] * y_k
-        r = solve(q)
-        for (s_k, y_k, rho), alpha in zip(pairs, reversed(alphas)):
-            r += (alpha - rho * float(y_k @ r)) * s_k
-        slope, size = -float(gradient @ r), 1.0
-        while True:
-            candidate = theta - size * r
-            new_gradient, new_value = value_and_gradient(candidate)
-            # Armijo, with an allowance for rounding: near the optimum the decrease is below float resolution
-            allowance = 8 * torch.finfo(theta.dtype).eps * abs(float(value))
-            if float(new_value) <= float(value) + 1e-4 * size * slope + allowance or size < 1e-10:
-                break
-            size *= 0.5
-        s_k, y_k = candidate - theta, new_gradient - gradient
-        if float(y_k @ s_k) > 0:
-            pairs = (pairs + [(s_k, y_k, 1.0 / float(y_k @ s_k))])[-history:]
-        theta, value, gradient = candidate, new_value, new_gradient
-    return theta, float(gradient.abs().max()) <= gtol
+    if (preconditioner is None) == (hessian is None):
+        raise InputError("pass exactly one of preconditioner (a fixed g -> M^-1 g) and hessian (params -> dense H).")
+    refresh = max(max_iter, 1) if refresh is None else refresh
+    if refresh < 1:
+        raise InputError(f"refresh must be a positive number of iterations, got {refresh!r}.")
+    theta, unflatten, function = flat_objective(objective, init, mask)
+    gtol = default_gtol("lbfgs", theta.dtype) if gtol is None else gtol
+    used, norm = 0, math.inf
+    while True:
+        steps = min(refresh, max_iter - used)
+        solve = preconditioner if hessian is None else cholesky_solver(hessian(unflatten(theta)))
+        theta, norm = preconditioned_steps(function, theta, solve, gtol=gtol, max_iter=steps, history_size=history_size)
+        used += steps
+        if norm <= gtol:
+            return unflatten(theta.detach())
+        if used >= max_iter:
+            break
+    raise ConvergenceError(
+        f"preconditioned L-BFGS did not converge in {max_iter} iterations: max|grad| = {norm:.3e} > gtol = "
+        f"{gtol:.1e}. Increase max_iter, refresh the preconditioner more often, or check the data for NaN."
+        + precision_hint(theta.dtype, gtol)
+    )
 
 
-NEWTON_LIMIT = 1000  # most parameters for which the saddle-free polish forms the dense Hessian
+def lbfgs_newton(
+    objective: Callable,
+    init: Params,
+    mask: torch.Tensor,
+    *,
+    gtol: float | None = None,
+    max_iter: int = 20000,
+    preconditioner: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    history_size: int = 50,
+) -> Params:
+    """Minimise by L-BFGS, then Newton steps with the dense Hessian up to :data:`DENSE_LIMIT` parameters.
+
+    With ``preconditioner`` (e.g. the factorised full-data Hessian, for a warm refit) it first takes at most
+    100 steps of :func:`preconditioned_lbfgs`; if they do not reach ``gtol``, the fit goes on from their last
+    iterate when it lowered the objective, else from ``init`` (a diverged try). Then, up to
+    :data:`DENSE_LIMIT` parameters, :func:`lbfgs` to ``max|grad| <= max(gtol, 1e-3)`` (its failure is
+    forgiven) and :func:`newton` (100 iterations) to ``gtol``; above, :func:`lbfgs` alone to ``gtol``.
+
+    Args:
+        objective, init, mask: as in :func:`newton`.
+        gtol: the final ``max|grad|``; default by dtype (``1e-9`` in float64, ``1e-4`` in float32).
+        max_iter: cap on L-BFGS iterations.
+        preconditioner: ``g -> M^-1 g`` as in :func:`preconditioned_lbfgs`, or ``None``.
+        history_size: L-BFGS curvature pairs.
+
+    Returns:
+        The minimiser, with the structure of ``init``.
+
+    Raises:
+        ConvergenceError: from :func:`newton`, or from :func:`lbfgs` above :data:`DENSE_LIMIT` parameters.
+    """
+    theta, unflatten, function = flat_objective(objective, init, mask)
+    gtol = default_gtol("newton", theta.dtype) if gtol is None else gtol
+    if preconditioner is not None:
+        solution, norm = preconditioned_steps(function, theta, preconditioner, gtol=gtol, max_iter=100, history_size=20)
+        if norm <= gtol:
+            return unflatten(solution.detach())
+        value, initial = function(solution), objective(init, mask)
+        if bool(torch.isfinite(value)) and float(value) < float(initial):  # else restart from ``init`` (a diverged try)
+            init = unflatten(solution.detach())
+    small = theta.numel() <= DENSE_LIMIT
+    try:
+        init = lbfgs(objective, init, mask, gtol=max(gtol, 1e-3) if small else gtol, max_iter=max_iter,
+                     history_size=history_size)
+    except ConvergenceError:
+        if not small:
+            raise
+    return newton(objective, init, mask, gtol=gtol, max_iter=100) if small else init
 
 
-def saddle_free_newton(function: Callable, init: Params, mask: torch.Tensor, *, gtol: float | None = None,
+def saddle_free_newton(objective: Callable, init: Params, mask: torch.Tensor, *, gtol: float | None = None,
                        max_iter: int = 3000, newton_steps: int = 50, history_size: int = 50) -> Params:
-    """Minimise ``function(params, mask)`` by L-BFGS, then a pseudo-inverse, saddle-free Newton polish.
+    """Minimise ``objective(params, mask)`` by L-BFGS, then a pseudo-inverse, saddle-free Newton polish.
 
     For objectives with flat directions (symmetries such as rotations of an embedding) and saddles, where
     :func:`newton`'s Cholesky step does not apply.
 
     Args:
-        function: scalar objective ``function(params, mask)``.
+        objective: scalar objective ``objective(params, mask)``.
         init: starting parameters (not modified).
-        mask: the fixed mask passed to ``function``.
+        mask: the fixed mask passed to ``objective``.
         gtol: required ``max |grad|``; default by dtype (``1e-10`` in float64, ``1e-4`` in float32).
         max_iter: L-BFGS iterations.
-        newton_steps: at most this many Newton steps after L-BFGS; the polish needs the dense Hessian
-            and is skipped above ``NEWTON_LIMIT`` parameters (L-BFGS must then reach ``gtol`` alone).
+        newton_steps: at most this many Newton steps after L-BFGS; the polish needs the dense Hessian's
+            eigendecomposition and is skipped above :data:`NEWTON_LIMIT` parameters (L-BFGS must then reach
+            ``gtol`` alone).
         history_size: L-BFGS curvature pairs.
 
     Returns:
         The minimiser with the structure of ``init``, detached.
 
     Raises:
-        ConvergenceError: ``max |grad| > gtol`` at the end.
+        ConvergenceError: ``max |grad| > gtol`` at the end; the message gives the L-BFGS iterations.
 
     Notes:
         L-BFGS alone crawls along shallow directions. Each polish step is ``-sum_j (g . e_j / |lambda_j|) e_j``
@@ -273,56 +280,59 @@ def saddle_free_newton(function: Callable, init: Params, mask: torch.Tensor, *, 
         flat directions are left alone, and the absolute value turns negative curvature (a saddle) into
         descent; a backtracking line search follows.
     """
-    theta, unflatten = flatten(init)
+    theta, unflatten, function = flat_objective(objective, init, mask)
     gtol = default_gtol("saddle_free_newton", theta.dtype) if gtol is None else gtol
-
-    def flat(vector: torch.Tensor) -> torch.Tensor:
-        return function(unflatten(vector), mask)
-
-    variable = theta.clone().requires_grad_(True)
-    optimiser = torch.optim.LBFGS([variable], lr=1.0, max_iter=max_iter, tolerance_grad=gtol,
-                                  tolerance_change=0.0, history_size=history_size, line_search_fn="strong_wolfe")
-
-    def closure() -> torch.Tensor:
-        optimiser.zero_grad()
-        value = flat(variable)
-        value.backward()
-        return value
-
-    optimiser.step(closure)
+    variable, optimizer, closure = torch_lbfgs(function, theta, gtol=gtol, max_iter=max_iter, history_size=history_size)
+    optimizer.step(closure)
     steps = newton_steps if theta.numel() <= NEWTON_LIMIT else 0
-    theta = _saddle_free_polish(flat, variable.detach(), gtol, steps)
-    result = unflatten(theta)
+    iterations = int(optimizer.state[variable].get("n_iter", 0))
+    result = unflatten(saddle_free_polish(function, variable.detach(), gtol, steps, iterations))
     if isinstance(result, dict):
         return {name: value.detach().clone() for name, value in result.items()}
     return result.detach().clone()
 
 
-def _saddle_free_polish(flat: Callable, theta: torch.Tensor, gtol: float, steps: int) -> torch.Tensor:
-    gradient = grad(flat)
-    for _ in range(steps):
-        g = check_finite(gradient(theta), "the gradient during the Newton polish")
-        if float(g.abs().max()) <= gtol:
-            return theta
-        values, vectors = torch.linalg.eigh(hessian_matrix(flat, theta))
-        keep = values.abs() > 1e-9 * values.abs().max()
-        step = -vectors[:, keep] @ ((vectors[:, keep].T @ g) / values[keep].abs())
-        value, rate = flat(theta), 1.0
-        rounding = 16.0 * torch.finfo(theta.dtype).eps * abs(float(value))  # the objective's resolution
-        while rate > 1e-10 and not float(flat(theta + rate * step)) <= float(value + 1e-4 * rate * (g @ step)) + rounding:
-            rate *= 0.5
-        theta = theta + rate * step
-    g_max = float(gradient(theta).abs().max())
-    if g_max > gtol:
-        raise ConvergenceError(
-            f"fit stopped with max|grad| = {g_max:.2e} > gtol = {gtol:.0e} after L-BFGS and {steps} Newton "
-            "steps; raise the L2 penalty (a flatter loss converges slowly), max_iter or newton_steps, or loosen gtol."
-            + _precision_hint(theta.dtype, gtol)
-        )
-    return theta
+def chord_newton(objective: Callable, init: Params, mask: torch.Tensor, *, inverse: torch.Tensor | None = None,
+                 gtol: float | None = None, max_iter: int = 40, refreshes: int = 10) -> Params:
+    """Minimise by chord steps ``theta <- theta - |H_0|^+ g(theta)`` with one cached matrix, refreshed on a stall.
+
+    For refits from a nearby minimiser (removing one of ``n`` units changes the Hessian by ``O(1/n)``): the
+    pseudo-inverse ``|H_0|^+`` at the full-data fit (:func:`saddle_free_inverse`) is formed once and reused
+    by every refit. Once the gradient stops shrinking by 10% a step, every later step recomputes ``|H|^+`` at
+    the current point and mask (saddle-free Newton without a line search), at most ``refreshes`` times.
+
+    Args:
+        objective, init, mask: as in :func:`newton`.
+        inverse: ``|H_0|^+`` ``(n_params, n_params)`` in :func:`vif.params.flatten` order; ``None`` recomputes
+            it from the first step.
+        gtol: stop when ``max|grad| <= gtol``; default by dtype (``1e-10`` in float64, ``1e-4`` in float32).
+        max_iter: cap on steps (``max_iter + 1`` gradients).
+        refreshes: cap on Hessian eigendecompositions.
+
+    Returns:
+        The minimiser, with the structure of ``init``.
+
+    Raises:
+        ConvergenceError: ``max|grad| > gtol`` after ``max_iter`` steps, when the gradient stalls with no refresh
+            left, or when it becomes non-finite; the message gives the iteration and the gradient norm.
+    """
+    theta, unflatten, function = flat_objective(objective, init, mask)
+    gtol = default_gtol("saddle_free_newton", theta.dtype) if gtol is None else gtol
+    return unflatten(chord_steps(function, theta, inverse, gtol=gtol, max_iter=max_iter, refreshes=refreshes).detach())
 
 
-def adam(objective: Callable, init: torch.Tensor, masks: torch.Tensor, *, epochs: int, lr: float = 0.01) -> torch.Tensor:
+def saddle_free_inverse(objective: Callable, params: Params, mask: torch.Tensor) -> torch.Tensor:
+    """``|H|^+`` ``(n_params, n_params)`` of ``objective`` at ``params``: the matrix of :func:`chord_newton`'s steps.
+
+    The Hessian's pseudo-inverse with its eigenvalues in absolute value, those at or below ``1e-9`` times the
+    largest dropped (symmetries), as in :func:`saddle_free_newton`'s polish; :func:`vif.params.flatten` order.
+    """
+    theta, _, function = flat_objective(objective, params, mask)
+    return abs_pinv(function, theta)
+
+
+def adam(objective: Callable, init: torch.Tensor, masks: torch.Tensor, *, epochs: int, lr: float = 0.01
+         ) -> torch.Tensor:
     """Full-batch Adam from ``init`` for each mask, vectorised: ``masks (B, n_units) -> params (B, n_params)``.
 
     Standard Adam (beta1 0.9, beta2 0.999, eps 1e-8, bias correction), ``epochs`` steps on

@@ -22,7 +22,7 @@ Symmetry. ``S`` is unchanged when the encoder's last linear map is multiplied by
 (``k`` the embedding dimension). The loss, the held-out losses and cosine similarities see only
 ``S``-like inner products, so their gradients are orthogonal to that null space: a pseudo-inverse (or any
 damping) gives the same influence along it. :meth:`Contrastive.fit` uses the pseudo-inverse Newton polish of
-:func:`vif.fit.saddle_free_newton` for the same reason.
+:func:`vif.fit.saddle_free_newton` and :func:`vif.fit.chord_newton` for the same reason.
 
 Temperature. With dot-product logits and a linear encoder ``f(x) = W x``, substituting ``W = sqrt(tau) V``
 shows that the minimiser's logits depend on ``tau`` and ``weight_decay`` only through their product.
@@ -35,11 +35,10 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
-from torch.func import functional_call, grad
+from torch.func import functional_call
 
 from ..errors import ConvergenceError, InputError
-from ..fit import saddle_free_newton
-from ..hessian import hessian_matrix
+from ..fit import chord_newton, saddle_free_inverse, saddle_free_newton
 from ..params import check_mask, flatten
 
 __all__ = ["Contrastive", "ROLES", "encoder", "log_mask", "init_params"]
@@ -88,16 +87,6 @@ def _infonce_rows(logits: torch.Tensor, positive: torch.Tensor, negative: torch.
     diagonal = torch.eye(n, logits.shape[1], dtype=torch.bool, device=logits.device)
     masks = torch.where(diagonal, log_mask(positive)[None, :], log_mask(negative)[None, :])
     return torch.logsumexp(logits + masks, dim=1) - logits.diagonal()
-
-
-def _abs_pinv(flat: Callable[[torch.Tensor], torch.Tensor], theta: torch.Tensor) -> torch.Tensor:
-    """``|H|^+`` of the Hessian of ``flat`` at ``theta``, (n_params, n_params).
-
-    Eigenvalues in absolute value; those at or below ``1e-9`` times the largest are dropped (the rotations).
-    """
-    values, vectors = torch.linalg.eigh(hessian_matrix(flat, theta))
-    keep = values.abs() > 1e-9 * values.abs().max()
-    return (vectors[:, keep] / values[keep].abs()) @ vectors[:, keep].T
 
 
 @dataclass
@@ -198,62 +187,37 @@ class Contrastive:
         From a warm start ``init`` it first tries chord Newton steps ``theta <- theta - H_0^+ g(theta)`` with
         ``H_0`` the pseudo-inverted full-data Hessian at ``init``, factorised once per ``init`` and reused by
         every refit from it (removing one of ``n`` samples changes the Hessian by ``O(1/n)``, so a few steps
-        reach ``gtol``). Otherwise, or if that stalls, L-BFGS then the pseudo-inverse Newton polish
-        (:func:`vif.fit.saddle_free_newton`) from ``init`` or the seeded cold start to ``max |grad| <= 1e-6``,
-        then pseudo-inverse Newton steps to ``gtol``.
+        reach ``gtol``; :func:`vif.fit.chord_newton`). Otherwise, or if that stalls, L-BFGS
+        (:func:`vif.fit.saddle_free_newton` without its polish) from ``init`` or the seeded cold start to
+        ``max |grad| <= 1e-6``, then pseudo-inverse Newton steps to ``gtol``; if those fail too,
+        :func:`vif.fit.saddle_free_newton` with its polish from the same start.
 
         Raises:
             ConvergenceError: ``max |grad| > gtol`` at the end.
         """
         mask = self.views.new_ones(self.n_units) if mask is None else check_mask(mask, self.n_units)
         if init is not None:
-            result = self._chord(mask, init)
-            if result is not None:
-                return result
+            try:  # 39 steps: the chord takes at most 40 gradients
+                return chord_newton(self.objective, init, mask, inverse=self._warm_inverse_at(init), gtol=self.gtol,
+                                    max_iter=39)
+            except ConvergenceError:
+                pass
         start = self.init_params() if init is None else init
-        try:  # L-BFGS alone to 1e-6, where it starts to crawl; Newton steps finish
+        try:  # L-BFGS alone to 1e-6, where it starts to crawl; Newton steps (a fresh |H|^+ each) finish
             loose = saddle_free_newton(self.objective, start, mask, gtol=max(self.gtol, 1e-6), max_iter=self.max_iter,
                                        newton_steps=0)
-            result = self._chord(mask, loose, newton=True)
+            return chord_newton(self.objective, loose, mask, gtol=self.gtol, max_iter=39)
         except ConvergenceError:
-            result = None
-        if result is not None:
-            return result
-        return saddle_free_newton(self.objective, start, mask, gtol=self.gtol, max_iter=self.max_iter)
+            return saddle_free_newton(self.objective, start, mask, gtol=self.gtol, max_iter=self.max_iter)
 
-    def _chord(self, mask: torch.Tensor, init: dict[str, torch.Tensor], steps: int = 40, refreshes: int = 10,
-               newton: bool = False) -> dict[str, torch.Tensor] | None:
-        """Chord Newton from ``init`` (see :meth:`fit`); ``None`` if it does not reach ``gtol``.
-
-        Steps use the cached ``|H_0|^+`` (eigenvalues in absolute value, those below ``1e-9`` of the largest
-        dropped: the rotations); once the gradient stops shrinking by 10% a step, every later step recomputes
-        the Hessian at the current point and mask (plain Newton, at most ``refreshes`` times; from the first
-        step with ``newton=True``).
-        """
-        theta, unflatten = flatten(init)
+    def _warm_inverse_at(self, init: dict[str, torch.Tensor]) -> torch.Tensor:
+        """``|H_0|^+`` of the full-data objective at ``init`` (:func:`vif.fit.saddle_free_inverse`), cached."""
+        theta, _ = flatten(init)
         key = (theta.shape, hash(theta.detach().cpu().numpy().tobytes()))
-        if self._warm_key != key and not newton:
-            self._warm_key, self._warm_inverse = key, _abs_pinv(self._flat(unflatten, None), theta)
-        inverse, flat = self._warm_inverse, self._flat(unflatten, mask)
-        gradient, previous = grad(flat), float("inf")
-        for _ in range(steps):
-            g = gradient(theta)
-            size = float(g.abs().max())
-            if not torch.isfinite(g).all():
-                return None
-            if size <= self.gtol:
-                return {name: value.detach().clone() for name, value in unflatten(theta).items()}
-            newton = newton or not size < 0.9 * previous
-            if newton:
-                if refreshes == 0:
-                    return None
-                inverse, refreshes = _abs_pinv(flat, theta), refreshes - 1
-            theta, previous = theta - inverse @ g, size
-        return None
-
-    def _flat(self, unflatten: Callable, mask: torch.Tensor | None) -> Callable[[torch.Tensor], torch.Tensor]:
-        mask = self.views.new_ones(self.n_units) if mask is None else mask
-        return lambda theta: self.objective(unflatten(theta), mask)
+        if self._warm_key != key:
+            self._warm_key = key
+            self._warm_inverse = saddle_free_inverse(self.objective, init, self.views.new_ones(self.n_units))
+        return self._warm_inverse
 
     def heldout_loss(self, views: torch.Tensor) -> Callable[[dict[str, torch.Tensor], torch.Tensor], torch.Tensor]:
         """Mask-aware target: the InfoNCE loss of held-out anchors, (n_heldout,).

@@ -23,17 +23,18 @@ from typing import Any
 import torch
 from torch.func import functional_call
 
-from ..errors import ConvergenceError, InputError
-from ..fit import lbfgs, newton, preconditioned_lbfgs
+from ..errors import InputError
+from ..fit import lbfgs_newton
 from ..hessian import MatVec, gauss_newton_hvp, hessian_matrix
 from ..params import Params, check_mask, flatten
+from ..pbrf import proximal_objective
 from ..solvers import cholesky_solver
 from ..structured import output_structure_hook
 from .cox import TIES, CoxData, negative_log_partial_likelihood, prepare
 
-__all__ = ["mlp", "NeuralCox", "pbrf_objective", "NEWTON_LIMIT"]
+__all__ = ["mlp", "NeuralCox", "pbrf_objective"]
 
-NEWTON_LIMIT = 3000  # most parameters for which fits polish with dense-Hessian Newton steps
+minimise = lbfgs_newton  # the fit of every NeuralCox; vif.experiments.neural_cox imports it by this name
 
 
 def mlp(n_inputs: int, hidden: Sequence[int], *, seed: int = 0, activation: str = "tanh") -> torch.nn.Module:
@@ -137,8 +138,8 @@ class NeuralCox:
     def precondition(self, params: Params, matrix: torch.Tensor | None = None) -> torch.Tensor:
         """Factorise the full-data Hessian at ``params`` (or ``matrix``) to warm-start refits; returns the matrix.
 
-        Warm refits (``fit(mask, init)``) then run L-BFGS preconditioned by this factorisation
-        (:func:`vif.fit.preconditioned_lbfgs`): the first step is the Newton step of the full-data Hessian.
+        Warm refits (``fit(mask, init)``) then start with L-BFGS preconditioned by this factorisation
+        (:func:`vif.fit.lbfgs_newton`): the first step is the Newton step of the full-data Hessian.
         """
         theta, unflatten = flatten(params)
         if matrix is None:
@@ -150,38 +151,18 @@ class NeuralCox:
     def fit(self, mask: torch.Tensor | None = None, init: Params | None = None) -> dict[str, torch.Tensor]:
         """Minimise the objective at ``mask`` (default all ones) from ``init`` (default the seeded cold start).
 
-        Warm starts use the preconditioned L-BFGS of :meth:`precondition` when it was called; otherwise
-        (and if that stalls) L-BFGS, then Newton steps with the dense Hessian up to :data:`NEWTON_LIMIT`
-        parameters. Raises :class:`vif.errors.ConvergenceError` when ``max|grad| > gtol`` at the end.
+        :func:`vif.fit.lbfgs_newton`: warm starts use the preconditioned L-BFGS of :meth:`precondition` when it
+        was called; otherwise (and if that stalls) L-BFGS, then Newton steps with the dense Hessian up to
+        :data:`vif.fit.DENSE_LIMIT` parameters. Raises :class:`vif.errors.ConvergenceError` when ``max|grad| >
+        gtol`` at the end.
         """
         mask = self._ones() if mask is None else mask.to(dtype=self.data.x.dtype, device=self.data.x.device)
         start = self.init_params() if init is None else {name: value.detach().clone() for name, value in dict(init).items()}
-        return minimise(self.objective, start, mask, gtol=self.gtol,
-                        preconditioner=self._preconditioner if init is not None else None)
+        return lbfgs_newton(self.objective, start, mask, gtol=self.gtol,
+                            preconditioner=self._preconditioner if init is not None else None)
 
     def _ones(self) -> torch.Tensor:
         return torch.ones(self.n_units, dtype=self.data.x.dtype, device=self.data.x.device)
-
-
-def minimise(objective: Callable, start: dict[str, torch.Tensor], mask: torch.Tensor, *, gtol: float,
-             preconditioner: Callable[[torch.Tensor], torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
-    """Preconditioned L-BFGS (if a preconditioner is given), else L-BFGS then a Newton polish; see :meth:`NeuralCox.fit`."""
-    theta, unflatten = flatten(start)
-    if preconditioner is not None:
-        solution, converged = preconditioned_lbfgs(lambda vector: objective(unflatten(vector), mask), theta,
-                                                   preconditioner, gtol=gtol, max_iter=100)
-        if converged:
-            return unflatten(solution)
-        value, initial = objective(unflatten(solution), mask), objective(start, mask)
-        if bool(torch.isfinite(value)) and float(value) < float(initial):  # else restart from ``start`` (a diverged try)
-            start = unflatten(solution)
-    small = theta.numel() <= NEWTON_LIMIT
-    try:
-        start = lbfgs(objective, start, mask, gtol=max(gtol, 1e-3) if small else gtol, max_iter=20000, history_size=50)
-    except ConvergenceError:
-        if not small:
-            raise
-    return newton(objective, start, mask, gtol=gtol, max_iter=100) if small else start
 
 
 def pbrf_objective(task: NeuralCox, params_s: Params, damping: float = 0.0) -> Callable[[Params, torch.Tensor], torch.Tensor]:
@@ -191,16 +172,8 @@ def pbrf_objective(task: NeuralCox, params_s: Params, damping: float = 0.0) -> C
     Bregman divergence of the full-data loss in output space, minus the removed patients' share of the loss,
     plus the proximity term (weight decay is quadratic, so its Bregman divergence is itself). At ``mask = 1``
     the minimiser is ``theta_s``; the Hessian there is the Gauss-Newton Hessian plus ``damping I``, so VIF
-    with :meth:`NeuralCox.gauss_newton` is its first-order estimate.
+    with :meth:`NeuralCox.gauss_newton` is its first-order estimate. The objective is
+    :func:`vif.pbrf.proximal_objective` on the risk scores (:meth:`NeuralCox.outputs`, :meth:`NeuralCox.output_loss`).
     """
-    theta_s, _ = flatten(params_s)
-    eta_s = task.outputs(params_s).detach()
-    slope = torch.func.grad(task.output_loss)(eta_s, task._ones())
-    scale = task.weight_decay + float(damping)
-
-    def objective(params: Params, mask: torch.Tensor) -> torch.Tensor:
-        flat = torch.cat([value.reshape(-1) for value in dict(params).values()])
-        eta = task.outputs(params)
-        return task.output_loss(eta, mask) - slope @ eta + 0.5 * scale * ((flat - theta_s) ** 2).sum()
-
-    return objective
+    return proximal_objective(task.outputs, task.output_loss, params_s, task.weight_decay + float(damping),
+                              (task._ones(),))

@@ -34,11 +34,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import ConvergenceError, InputError
+from ..errors import InputError
 from ..fit import lbfgs, preconditioned_lbfgs
 from ..heldout import restrict_solution
 from ..params import check_mask, flatten
 from ..solvers import cholesky_solver
+from ._ranking_scores import Params, as_data, item_parameters, scores
 from .ranking_hessian import closed_form_hessian
 
 __all__ = [
@@ -56,39 +57,11 @@ __all__ = [
 ]
 
 LOSSES = ("softmax", "listnet", "listmle")
-Params = dict[str, torch.Tensor]
-
-
-def as_data(X: Any, relevance: Any) -> tuple[torch.Tensor, torch.Tensor]:
-    """Validate features ``(N, d)`` and a 0/1 relevance matrix ``(N, n_items)`` (dense, scipy or torch sparse)."""
-    if hasattr(relevance, "toarray"):  # scipy.sparse
-        relevance = relevance.toarray()
-    if isinstance(relevance, torch.Tensor) and relevance.layout != torch.strided:
-        relevance = relevance.to_dense()
-    X_t = torch.as_tensor(X)
-    if not X_t.is_floating_point():
-        X_t = X_t.to(torch.float64)
-    R = torch.as_tensor(relevance).to(X_t.dtype)
-    if X_t.ndim != 2 or R.ndim != 2 or X_t.shape[0] != R.shape[0]:
-        raise InputError(
-            f"X must be (n_queries, n_features) and relevance (n_queries, n_items) with the same number of "
-            f"rows; got X {tuple(X_t.shape)} and relevance {tuple(R.shape)}."
-        )
-    if not bool(torch.isfinite(X_t).all()):
-        raise InputError("X has NaN or infinite entries; impute or drop those queries before fitting.")
-    if not bool(((R == 0) | (R == 1)).all()):
-        raise InputError("relevance must hold only 0 and 1; binarise graded labels first (e.g. label > 0).")
-    return X_t, R
 
 
 def init_params(n_features: int, n_items: int, like: torch.Tensor) -> Params:
     """Zero parameters ``{"weight": (n_items, n_features), "bias": (n_items,)}`` with ``like``'s dtype/device."""
     return {"weight": like.new_zeros((n_items, n_features)), "bias": like.new_zeros(n_items)}
-
-
-def scores(params: Params, X: torch.Tensor) -> torch.Tensor:
-    """Item scores ``X W^T + b`` of shape ``(n_queries, n_items)``."""
-    return torch.addmm(params["bias"], X, params["weight"].T)
 
 
 def query_losses(S: torch.Tensor, relevance: torch.Tensor, mask: torch.Tensor, loss: str) -> torch.Tensor:
@@ -161,13 +134,6 @@ def objective(
     return ranking_objective
 
 
-def _not_converged(gtol: float, steps: int) -> ConvergenceError:
-    return ConvergenceError(
-        f"ranking fit did not reach max|grad| <= {gtol:.1e} in {steps} preconditioned L-BFGS steps; "
-        "loosen gtol (the float64 floor of this objective is about 1e-12) or check the data for NaN."
-    )
-
-
 def fit(
     X: Any,
     relevance: Any,
@@ -182,7 +148,8 @@ def fit(
     """Minimise :func:`objective` by Newton rounds that re-factorise the Hessian rarely.
 
     Each round takes at most 10 L-BFGS steps preconditioned with the exact Hessian at the round's start
-    (closed form, :func:`vif.tasks.ranking_hessian.closed_form_hessian`).
+    (closed form, :func:`vif.tasks.ranking_hessian.closed_form_hessian`): :func:`vif.fit.preconditioned_lbfgs`
+    with ``hessian=`` and ``refresh=10``. The float64 floor of ``max|grad|`` on this objective is about ``1e-12``.
 
     Args:
         X, relevance, loss, l2: as in :func:`objective`.
@@ -202,17 +169,11 @@ def fit(
     mask = X_t.new_ones(R.shape[1]) if mask is None else check_mask(mask, R.shape[1])
     if init is None:  # a cheap first-order start, so that the first Hessian is taken near the optimum
         init = lbfgs(obj, init_params(X_t.shape[1], R.shape[1], X_t), mask, gtol=1e-3, max_iter=5000)
-    theta, unflatten = flatten(init)
 
-    def function(vector: torch.Tensor) -> torch.Tensor:
-        return obj(unflatten(vector), mask)
+    def hessian(params: Params) -> torch.Tensor:
+        return closed_form_hessian(X_t, R, params, loss=loss, l2=l2, mask=mask)
 
-    for _ in range(max_rounds):
-        solve = cholesky_solver(closed_form_hessian(X_t, R, unflatten(theta), loss=loss, l2=l2, mask=mask))
-        theta, converged = preconditioned_lbfgs(function, theta, solve, gtol=gtol, max_iter=10)
-        if converged:
-            return unflatten(theta)
-    raise _not_converged(gtol, 10 * max_rounds)
+    return preconditioned_lbfgs(obj, init, mask, hessian=hessian, refresh=10, gtol=gtol, max_iter=10 * max_rounds)
 
 
 class ListwiseRanking:
@@ -274,10 +235,8 @@ class ListwiseRanking:
             g[removed] = 0.0
             return restrict_solution(solve_full(g), columns, removed)
 
-        theta, converged = preconditioned_lbfgs(lambda t: self._objective(unflatten(t), mask), theta, solve, gtol=self.gtol)
-        if not converged:
-            raise _not_converged(self.gtol, 200)
-        return unflatten(theta)
+        return preconditioned_lbfgs(self._objective, unflatten(theta), mask, preconditioner=solve, gtol=self.gtol,
+                                    max_iter=200)
 
 
 def target(
@@ -325,14 +284,3 @@ def emptied_queries(relevance: Any, units: Any = None) -> np.ndarray:
     units = np.arange(R.shape[1]) if units is None else np.asarray(units)
     single = R.sum(axis=1) == 1
     return (R[:, units] & single[:, None]).T
-
-
-def item_parameters(n_items: int, d: int, device: torch.device | str = "cpu") -> torch.Tensor:
-    """Flat parameter indices ``(n_items, d+1)`` of item ``j``'s weights ``W[j, :]`` and bias ``b[j]``.
-
-    Item ``j`` alone uses them: once it is removed they appear only in the weight decay. Pass the result as
-    ``unit_params`` to :func:`vif.influence` to hold them out of the removal step.
-    """
-    items = torch.arange(n_items, device=device)
-    columns = torch.arange(d, device=device)
-    return torch.cat([items[:, None] * d + columns[None, :], (n_items * d + items)[:, None]], dim=1)

@@ -13,9 +13,7 @@ from typing import Any
 import torch
 
 from ..params import check_mask
-from . import ranking
-
-Params = dict[str, torch.Tensor]
+from ._ranking_scores import Params, as_data, item_parameters, scores
 
 __all__ = ["closed_form_hessian", "block_jacobi"]
 
@@ -94,7 +92,7 @@ def closed_form_hessian(
     blocks, one Gram matrix, and (listmle) a sparse sum over pairs of relevant items; far cheaper than
     autograd for ``n_items * (d + 1)`` parameters.
     """
-    X_t, R = ranking.as_data(X, relevance)
+    X_t, R = as_data(X, relevance)
     (n, d), n_items = X_t.shape, R.shape[1]
     mask = X_t.new_ones(n_items) if mask is None else check_mask(mask, n_items)
     n_params = n_items * (d + 1)
@@ -104,7 +102,7 @@ def closed_form_hessian(
     outer = (Xb[:, :, None] * Xb[:, None, :]).reshape(n, (d + 1) ** 2)
     pair_blocks = X_t.new_zeros(n_items * n_items, (d + 1) ** 2) if loss == "listmle" else None
     with torch.no_grad():
-        S = ranking.scores(params, X_t)
+        S = scores(params, X_t)
         for rows in _query_chunks(n, n_items):
             moments[rows], g, pairs = _score_hessian(S[rows], R[rows], mask, loss)
             G = torch.cat([(g[:, :, None] * X_t[rows][:, None, :]).reshape(len(g), n_items * d), g], dim=1)
@@ -112,7 +110,7 @@ def closed_form_hessian(
             if pairs is not None:
                 query, first, second, value = pairs
                 pair_blocks.index_add_(0, first * n_items + second, value[:, None] * outer[rows][query])
-        index = ranking.item_parameters(n_items, d)
+        index = item_parameters(n_items, d)
         H[index[:, :, None], index[:, None, :]] += _item_blocks(X_t, moments)
         if pair_blocks is not None:  # item-major order: parameter (i, a) at i * (d + 1) + a
             order = index.reshape(-1)
@@ -134,11 +132,11 @@ def block_jacobi(
     Returns:
         A callable acting on ``(n_params,)`` or ``(n_params, k)`` tensors in the flattening order of ``params``.
     """
-    X_t, R = ranking.as_data(X, relevance)
+    X_t, R = as_data(X, relevance)
     (n, d), n_items = X_t.shape, R.shape[1]
     ones = X_t.new_ones(n_items)
     with torch.no_grad():
-        S = ranking.scores(params, X_t)
+        S = scores(params, X_t)
         D = X_t.new_zeros(n, n_items)
         for rows in _query_chunks(n, n_items):
             u, g, pairs = _score_hessian(S[rows], R[rows], ones, loss)
@@ -149,7 +147,7 @@ def block_jacobi(
                 D[rows] -= torch.zeros_like(u).index_put_((query[same], first[same]), value[same], accumulate=True)
         blocks = _item_blocks(X_t, D) / n + l2 * torch.eye(d + 1, dtype=X_t.dtype, device=X_t.device)
         factors = torch.linalg.cholesky(blocks)
-    index = ranking.item_parameters(n_items, d)
+    index = item_parameters(n_items, d)
 
     def apply(v: torch.Tensor) -> torch.Tensor:
         V = v.reshape(v.shape[0], -1)
