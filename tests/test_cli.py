@@ -9,6 +9,8 @@ import sys
 
 import pytest
 
+SHAPE = {"settings", "correlations", "timings", "details", "parts"}  # Comparison.to_json(), every experiment
+
 
 def test_reproduce_logistic_quick_writes_json(tmp_path):
     out = tmp_path / "logistic.json"
@@ -16,19 +18,24 @@ def test_reproduce_logistic_quick_writes_json(tmp_path):
                    check=True, capture_output=True, text=True, timeout=600)
     results = json.loads(out.read_text())
     assert results["experiment"] == "logistic" and results["quick"] is True
-    assert results["n_units_refitted"] == 60 and results["n_train"] == 455
-    assert results["vif"]["pearson"] >= 0.99
-    assert set(results["seconds"]) == {"vif", "if", "loo"}
+    assert set(results) == {"experiment", "quick", "seed", "options", "total_seconds", *SHAPE}
+    assert results["settings"]["n_units_refitted"] == 60 and results["settings"]["n_train"] == 455
+    assert results["correlations"]["vif"]["pearson"] >= 0.99
+    assert set(results["timings"]) == {"vif", "if", "loo"}
 
 
 def test_reproduce_ranking_quick_reports_every_estimate_against_exact_loo(tmp_path):
     out = tmp_path / "ranking.json"
     subprocess.run([sys.executable, "-m", "vif", "reproduce", "ranking", "--quick", "--loss", "softmax", "--out", str(out)],
                    check=True, capture_output=True, text=True, timeout=600)
-    entry = json.loads(out.read_text())["losses"]["softmax"]
-    assert entry["synthetic"] is True and entry["n_params"] == 101 * 9
-    assert entry["VIF-HO"]["pearson"] >= 0.99 and entry["VIF"]["pearson"] >= 0.98 and entry["IF"]["pearson"] >= 0.95
-    assert entry["VIF_unmasked"]["pearson"] < entry["VIF"]["pearson"] - 0.05  # the pitfall
+    results = json.loads(out.read_text())
+    assert set(results["parts"]) == {"softmax"}
+    entry = results["parts"]["softmax"]
+    assert set(entry) == SHAPE  # the same shape as every other experiment's JSON, and as its parts
+    assert entry["settings"]["synthetic"] is True and entry["settings"]["n_params"] == 101 * 9
+    scores = entry["correlations"]
+    assert scores["VIF-HO"]["pearson"] >= 0.99 and scores["VIF"]["pearson"] >= 0.98 and scores["IF"]["pearson"] >= 0.95
+    assert scores["VIF_unmasked"]["pearson"] < scores["VIF"]["pearson"] - 0.05  # the pitfall
 
 
 def test_unknown_experiment_is_rejected_with_the_choices():

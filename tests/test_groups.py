@@ -261,21 +261,24 @@ class Ridge:
 
 
 def test_group_curves_and_lds_scores_on_ridge(tmp_path):
+    from vif.experiments import Comparison
     from vif.experiments import groups as experiment
 
     case = experiment.Case("ridge", Ridge(), BETA, lambda beta: X[:6] @ beta, "exact", "ridge",
                            named={"a": np.arange(0, 10), "b": np.arange(10, 20), "c": np.arange(20, 30)},
                            order=np.arange(N))
     curves = experiment.group_curves(case, (1, 2, 5), 4, seed=0, cache_dir=tmp_path)
-    assert curves["sizes"] == [1, 2, 5] and curves["n_groups"] == 2 * 3 * 4 + 3 and curves["named_across"] == "targets"
-    tensors = curves["tensors"]
-    torch.testing.assert_close(tensors["group VIF"], tensors["summed VIF"])  # decomposable: additive
-    torch.testing.assert_close(tensors["group IF"], tensors["summed VIF"])
+    assert curves.settings["sizes"] == [1, 2, 5] and curves.settings["n_groups"] == 2 * 3 * 4 + 3
+    assert curves.settings["named_across"] == "targets"
+    estimates = curves.estimates
+    torch.testing.assert_close(estimates["group VIF"], estimates["summed VIF"])  # decomposable: additive
+    torch.testing.assert_close(estimates["group IF"], estimates["summed VIF"])
     assert all(len(group) == 5 for group in experiment.local_groups(np.arange(N), (5,), 4))
     for family in ("random", "local"):
-        assert curves[family]["5"]["2nd order"]["relative_error"] < curves[family]["5"]["group VIF"]["relative_error"]
+        scores = curves.correlations[family]["5"]
+        assert scores["2nd order"]["relative_error"] < scores["group VIF"]["relative_error"]
     scores = experiment.lds_scores(case, 0.5, 12, seed=0, cache_dir=tmp_path)
     assert scores["lds"]["group VIF"] == pytest.approx(scores["lds"]["summed VIF"])
     assert scores["least_squares_scale"]["group VIF"] > 1.3  # half the data removed: first order undershoots
-    frame = experiment.table({"curves": {"ridge": {k: v for k, v in curves.items() if k != "tensors"}}})
+    frame = experiment.table(Comparison(parts={"ridge": curves}))
     assert set(frame.predictor) == set(experiment.PREDICTORS) and len(frame) == 2 * 3 * 5

@@ -1,8 +1,10 @@
 """Command line: ``python -m vif reproduce <experiment> [--quick] [--seed S] --out results.json``.
 
 Each experiment is a module of :mod:`vif.experiments` that defines ``add_arguments(parser)`` (its own
-options) and ``reproduce(*, quick, seed, **options) -> dict`` (JSON-serialisable results: correlations,
-timings, sizes). The CLI reads that registry, parses, calls and writes JSON: no maths here.
+options) and ``reproduce(*, quick, seed, **options) -> Comparison`` (:mod:`vif.experiments._results`). The
+CLI reads that registry, parses, calls and writes the comparison's JSON, the same keys for every experiment
+(``settings``, ``correlations``, ``timings``, ``details``, ``parts``) after the run's own (``experiment``,
+``quick``, ``seed``, ``options``, ``total_seconds``): no maths here.
 """
 
 from __future__ import annotations
@@ -72,7 +74,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     start = time.perf_counter()
     results = module.reproduce(quick=args.quick, seed=args.seed, **options)
     results = {"experiment": args.experiment, "quick": args.quick, "seed": args.seed, "options": options,
-               "total_seconds": time.perf_counter() - start, **results}
+               "total_seconds": time.perf_counter() - start, **results.to_json()}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2, default=str) + "\n")
     print(f"wrote {args.out}")

@@ -8,13 +8,14 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
+import pandas as pd
 import seaborn as sns
 import torch
-from matplotlib.ticker import FixedFormatter, FixedLocator, NullLocator
+from matplotlib.ticker import FixedFormatter, FixedLocator, NullFormatter, NullLocator
 
 from .metrics import correlations
 
-__all__ = ["use_style", "scatter_vs_loo", "error_by_size", "save_figure", "runtime_plot"]
+__all__ = ["use_style", "scatter_vs_loo", "error_by_size", "save_figure", "runtime_plot", "group_size_plot"]
 
 PALETTE = sns.color_palette("colorblind")
 
@@ -146,6 +147,43 @@ def runtime_plot(
     ax.set_xlabel(xlabel)
     ax.set_ylabel("wall-clock time (s)")
     ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0))
+    return ax
+
+
+def group_size_plot(
+    ax: plt.Axes,
+    frame: pd.DataFrame,
+    case: str,
+    *,
+    predictors: Sequence[str],
+    shown: Sequence[str] | None = None,
+    metric: str = "pearson",
+) -> plt.Axes:
+    """``metric`` against group size for one case: one colour per predictor, random groups solid, local dashed.
+
+    Args:
+        ax: axes to draw on.
+        frame: long table with columns ``case``, ``family`` (``"random"`` / ``"local"``), ``size``, ``predictor``
+            and ``metric`` (as :func:`vif.experiments.groups.table` returns).
+        case: the case drawn (also the title).
+        predictors: every predictor, in the order that fixes its colour (the same in every panel).
+        shown: the predictors drawn (default all).
+        metric: the column on the y axis.
+    """
+    for colour, predictor in zip(PALETTE, predictors):
+        if shown is not None and predictor not in shown:
+            continue
+        for family, style in (("random", "-"), ("local", "--")):
+            part = frame[(frame.case == case) & (frame.family == family) & (frame.predictor == predictor)]
+            if len(part):
+                ax.plot(part["size"], part[metric], style, marker="o", color=colour, markersize=3,
+                        label=f"{predictor} ({family})")
+    ax.set_xscale("log")
+    sizes_seen = sorted(set(frame[frame.case == case]["size"]))
+    ax.set_xticks(sizes_seen, [str(size) for size in sizes_seen])
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.set_xlabel("group size")
+    ax.set_title(case)
     return ax
 
 

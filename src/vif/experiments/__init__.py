@@ -2,8 +2,10 @@
 
 Module ``vif/experiments/<name>.py`` is the experiment ``<name>`` with underscores written as hyphens
 (``node_embedding.py`` is ``python -m vif reproduce node-embedding``). Each defines
-``add_arguments(parser)`` (its own CLI options) and ``reproduce(*, quick, seed, **options) -> dict``
-(JSON-serialisable results). Adding an experiment is adding one file here.
+``add_arguments(parser)`` (its own CLI options) and ``reproduce(*, quick, seed, **options) -> Comparison``
+(:class:`._results.Comparison`: estimates, truth, correlations, timings; ``to_json()`` has the same keys for
+every experiment). Adding an experiment is adding one file here; modules whose names start with ``_`` are
+private helpers shared by the experiments (set-ups, the result type), and no experiment imports another.
 
 Experiments import the core and :mod:`vif.tasks`; nothing in the core or the tasks imports them.
 """
@@ -15,7 +17,9 @@ import pkgutil
 from pathlib import Path
 from types import ModuleType
 
-__all__ = ["names", "load"]
+from ._results import Comparison
+
+__all__ = ["names", "load", "Comparison"]
 
 
 def names() -> list[str]:

@@ -32,15 +32,15 @@ from ..fit import saddle_free_newton
 from ..influence import influence
 from ..loo import leave_one_out
 from ..metrics import correlations
-from ..params import flatten
+from ..pbrf import proximal_objective
 from ..solvers import PseudoInverse
 from ..tasks import contrastive
 from ..threads import torch_threads
+from ._results import Comparison
 
 __all__ = ["Settings", "Setup", "ProximalResponse", "settings", "setup", "estimates", "ground_truth",
-           "summarise", "run", "sweep", "speed", "add_arguments", "reproduce"]
+           "run", "sweep", "speed", "add_arguments", "reproduce"]
 
-FAMILIES = ("heldout_loss", "cosine")
 # the rotations' eigenvalues at a fit with max|grad| ~ 1e-9 are about +-1e-10 of the largest: drop them
 PINV = PseudoInverse(rcond=1e-8)
 
@@ -130,18 +130,14 @@ class ProximalResponse(contrastive.Contrastive):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        self._theta_s = flatten(self.params_s)[0]
-        logits = self.logits(self.params_s).detach().requires_grad_(True)
         ones = self.views.new_ones(self.n_units)
-        (self._output_gradient,) = torch.autograd.grad(self.data_loss(logits, ones, ones, ones), logits)
+        self._proximal = proximal_objective(self.logits, self.data_loss, self.params_s,
+                                            self.weight_decay + self.damping, (ones, ones, ones))
 
     def loss(self, params: dict[str, torch.Tensor], anchor: torch.Tensor, positive: torch.Tensor,
              negative: torch.Tensor) -> torch.Tensor:
-        """PBRF objective at the role masks (equal masks in :meth:`objective`)."""
-        logits = self.logits(params)
-        theta = torch.cat([value.reshape(-1) for value in params.values()])
-        return (self.data_loss(logits, anchor, positive, negative) - (self._output_gradient * logits).sum()
-                + 0.5 * (self.weight_decay + self.damping) * ((theta - self._theta_s) ** 2).sum())
+        """PBRF objective at the role masks (:func:`vif.pbrf.proximal_objective`; equal masks in :meth:`objective`)."""
+        return self._proximal(params, anchor, positive, negative)
 
 
 def proximal(problem: Setup, damping: float) -> ProximalResponse:
@@ -190,37 +186,36 @@ def compare(problem: Setup, predicted: torch.Tensor, actual: torch.Tensor) -> di
             for family, columns in problem.split.items()}
 
 
-def run(config: Settings, *, cache_dir=None, problem: Setup | None = None) -> dict:
-    """Estimates, ground truths and the timings of one configuration (tensors included).
+def run(config: Settings, *, cache_dir=None, problem: Setup | None = None) -> Comparison:
+    """Every estimate against warm, cold and PBRF refits on one configuration.
 
-    ``problem`` reuses a :func:`setup` of the same ``config`` (its fit).
+    ``estimates``: those of :func:`estimates`; ``truth``: ``"warm"`` and ``"pbrf"`` (every sample), ``"cold"``
+    (the samples ``tensors["cold_units"]``). ``correlations[estimate][truth]``: :func:`compare` (mean Pearson per
+    target family), and ``correlations["pbrf"]["warm"]``. ``details``: mean ``|IF|`` of each role, the relative
+    VIF-IF gap and the largest cold-warm difference. ``problem`` reuses a :func:`setup` of the same ``config``.
     """
     problem = setup(config) if problem is None else problem
-    out = estimates(problem)
+    found = estimates(problem)
+    seconds = {"fit": problem.fit_seconds, **found["seconds"]}
+    found = found["estimates"]
     start = time.perf_counter()
-    out["warm"] = ground_truth(problem, "warm", cache_dir=cache_dir)
-    out["seconds"]["loo_warm"] = time.perf_counter() - start
-    out["cold_units"] = cold_units(problem)
-    out["cold"] = ground_truth(problem, "cold", units=out["cold_units"], cache_dir=cache_dir)
-    out["pbrf"] = ground_truth(problem, "pbrf", cache_dir=cache_dir)
-    out["problem"] = problem
-    return out
-
-
-def summarise(out: dict) -> dict:
-    """JSON-ready correlations (per target family) of every estimate against every ground truth."""
-    problem, found = out["problem"], out["estimates"]
-    cold = out["cold_units"]
-    table = {name: {"warm": compare(problem, found[name], out["warm"]),
-                    "cold": compare(problem, found[name][cold], out["cold"]),
-                    "pbrf": compare(problem, found[name], out["pbrf"])} for name in found}
-    table["pbrf"] = {"warm": compare(problem, out["pbrf"], out["warm"])}
-    roles = {role: float(found[role].abs().mean()) for role in contrastive.ROLES}
+    warm = ground_truth(problem, "warm", cache_dir=cache_dir)
+    seconds["loo_warm"] = time.perf_counter() - start
+    cold_subset = cold_units(problem)
+    truth = {"warm": warm, "cold": ground_truth(problem, "cold", units=cold_subset, cache_dir=cache_dir),
+             "pbrf": ground_truth(problem, "pbrf", cache_dir=cache_dir)}
+    table = {name: {"warm": compare(problem, found[name], warm),
+                    "cold": compare(problem, found[name][cold_subset], truth["cold"]),
+                    "pbrf": compare(problem, found[name], truth["pbrf"])} for name in found}
+    table["pbrf"] = {"warm": compare(problem, truth["pbrf"], warm)}
     gap = (found["vif"] - found["if"]).abs().mean() / found["vif"].abs().mean()
-    return {"settings": asdict(problem.settings), "n_params": sum(v.numel() for v in problem.params.values()),
-            "correlations": table, "role_mean_abs": roles, "vif_if_relative_gap": float(gap),
-            "cold_minus_warm_max": float((out["cold"] - out["warm"][cold]).abs().max()),
-            "fit_seconds": problem.fit_seconds, "seconds": out["seconds"]}
+    return Comparison(
+        settings={**asdict(config), "n_params": sum(v.numel() for v in problem.params.values())},
+        estimates=found, truth=truth, correlations=table, timings=seconds,
+        details={"role_mean_abs": {role: float(found[role].abs().mean()) for role in contrastive.ROLES},
+                 "vif_if_relative_gap": float(gap),
+                 "cold_minus_warm_max": float((truth["cold"] - warm[cold_subset]).abs().max())},
+        setup=problem, tensors={"cold_units": cold_subset})
 
 
 def sweep(base: Settings, *, taus=(), weight_decays=(), dims=(), sizes=(), cache_dir=None) -> list[dict]:
@@ -288,12 +283,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cache-dir", default=None, help="folder for the LOO refits (resumes from it)")
 
 
-def reproduce(*, quick: bool, seed: int, encoder: str = "linear", cache_dir=None) -> dict:
-    """Run the contrastive experiment, its sweeps and timings; return correlations (JSON-serialisable)."""
+def reproduce(*, quick: bool, seed: int, encoder: str = "linear", cache_dir=None) -> Comparison:
+    """:func:`run`, with its sweeps (``details["sweep"]``) and timings (``details["speed"]``)."""
     with torch_threads(1):  # small models: threads only add contention
         config = settings(quick=quick, seed=seed, encoder=encoder)
-        out = run(config, cache_dir=cache_dir)
-        summary = summarise(out)
-        rows = sweep(config, cache_dir=cache_dir, **sweep_values(quick))
-        timings = speed(config, n_timed=3 if quick else 10, problem=out["problem"])
-    return {**summary, "sweep": rows, "speed": timings}
+        result = run(config, cache_dir=cache_dir)
+        result.details["sweep"] = sweep(config, cache_dir=cache_dir, **sweep_values(quick))
+        result.details["speed"] = speed(config, n_timed=3 if quick else 10, problem=result.setup)
+    return result

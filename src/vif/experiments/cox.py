@@ -14,104 +14,29 @@ import argparse
 import math
 import time
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import torch
 from torch.func import vmap
 
-from ..datasets.survival import DATASETS, SurvivalSplit, split
 from ..fit import adam, gradient_norm
 from ..influence import influence
 from ..loo import leave_one_out
 from ..metrics import correlations, relative_error
-from ..tasks import cox
 from ..threads import torch_threads
+from ._results import Comparison
+from ._setups import QUICK_UNITS, CoxSetup
+from ._setups import cox_setup as setup
 
 __all__ = ["CoxSetup", "setup", "estimate", "lifelines_delta_beta", "exact_loo", "paper_loo", "run",
            "reproduce", "add_arguments", "speed", "EPOCHS", "QUICK_UNITS", "EPS_GRID"]
 
 EPOCHS = {"support": 100, "rotterdam": 200, "metabric": 200, "gbsg2": 200}  # the paper's protocol
-QUICK_UNITS = 150  # LOO units under --quick (a seeded subsample of the training patients)
 PAPER_UNITS = {True: 20, False: 400}  # units for the paper-protocol LOO (quick, full)
 TIMING_UNITS = 100  # at most this many fresh refits timed when the LOO results come from a cache
 EPS_GRID = (0.01, 0.03, 0.1, 0.2, 0.4, 0.6, 0.8, 1.0)
-
-
-@dataclass
-class CoxSetup:
-    """A fitted Cox model on a dataset's training split, with its objective and targets.
-
-    Attributes:
-        name: dataset name. data: the split. ties: tie method of every fit here.
-        train: ``(x (n, p), time (n,), event (n,))`` the training patients used (standardised covariates).
-        rows_train / rows_test: their rows in ``data.dataset.frame``.
-        task: the Cox task over the training patients (:class:`vif.tasks.cox.CoxRegression`, Newton to
-            ``max|grad| <= 1e-9``); ``objective`` is its masked objective.
-        beta_hat: exact fit ``(p,)``. target: ``beta -> (n_test + 1,)``: test relative hazards, then the
-            test partial log-likelihood. units: training patients whose removal is studied ``(n_units,)``.
-    """
-
-    name: str
-    data: SurvivalSplit
-    ties: str
-    train: tuple[np.ndarray, np.ndarray, np.ndarray]
-    rows_train: np.ndarray
-    rows_test: np.ndarray
-    task: cox.CoxRegression
-    beta_hat: torch.Tensor
-    target: Any
-    units: torch.Tensor
-
-    @property
-    def objective(self) -> Any:
-        """``objective(beta, mask)`` of the task."""
-        return self.task.objective
-
-    @property
-    def n_train(self) -> int:
-        """Training patients (units of the objective)."""
-        return int(self.train[0].shape[0])
-
-
-def setup(dataset: str, *, quick: bool, seed: int = 0, ties: str = "efron", n_train: int | None = None,
-          n_targets: int | None = None, **loader_options: Any) -> CoxSetup:
-    """Load, split (seeded), fit exactly, and choose the units.
-
-    Args:
-        dataset: a key of :data:`vif.datasets.survival.DATASETS`.
-        quick: study ``QUICK_UNITS`` seeded training patients instead of all.
-        seed: seed of the split and of every subsample.
-        ties: ``"efron"`` (default) or ``"breslow"``.
-        n_train / n_targets: optional seeded subsamples of the training / test patients (speed sweeps).
-    """
-    data = split(DATASETS[dataset](**loader_options), seed=seed)
-    rng = np.random.default_rng(seed)
-    x, time_, event = data.part("train")
-    x_test, time_test, event_test = data.part("test")
-    rows_train, rows_test = np.arange(len(x)), np.arange(len(x_test))
-    if n_train is not None and n_train < len(x):
-        rows_train = np.sort(rng.choice(len(x), n_train, replace=False))
-    if n_targets is not None and n_targets < len(x_test):
-        rows_test = np.sort(rng.choice(len(x_test), n_targets, replace=False))
-    train = (x[rows_train], time_[rows_train], event[rows_train])
-    task = cox.CoxRegression(*train, ties=ties)
-    n = len(rows_train)
-    beta_hat = task.fit()
-    hazard = cox.relative_hazard(x_test[rows_test])
-    loglik = cox.log_partial_likelihood(x_test[rows_test], time_test[rows_test], event_test[rows_test], ties=ties)
-
-    def target(beta: torch.Tensor) -> torch.Tensor:
-        return torch.cat([hazard(beta), loglik(beta)[None]])
-
-    units = torch.arange(n, device="cpu")
-    if quick and n > QUICK_UNITS:
-        units = torch.sort(torch.from_numpy(rng.choice(n, QUICK_UNITS, replace=False)))[0]
-    return CoxSetup(dataset, data, ties, train, data.rows_train[rows_train], data.rows_test[rows_test], task,
-                    beta_hat, target, units)
 
 
 def _timed(function, *args, **kwargs):
@@ -235,8 +160,14 @@ def speed(dataset: str = "support", *, n_train: int, n_targets: int = 200, seed:
 
 
 def run(dataset: str, *, quick: bool, seed: int = 0, cache_dir: str | Path | None = None, progress: bool = False,
-        eps_grid: tuple[float, ...] = EPS_GRID, threads: int | None = 1, **loader_options: Any) -> dict[str, Any]:
-    """Everything the chapter and the CLI report for one dataset; arrays are kept for plots.
+        eps_grid: tuple[float, ...] = EPS_GRID, threads: int | None = 1, **loader_options: Any) -> Comparison:
+    """Everything the chapter and the CLI report for one dataset, as a :class:`Comparison`.
+
+    ``estimates``: ``"vif"``, ``"if"``, ``"lifelines_delta_beta"``, each ``(n_units, n_test + 1)``; ``truth``:
+    ``"loo"`` (exact warm Newton refits) and ``"paper_loo"`` (the paper's Adam protocol, on the rows
+    ``tensors["paper_rows"]`` of the units); ``correlations[estimate]``: ``"hazard"`` and ``"test_loglik"``
+    against exact LOO; ``timings``: seconds of every method; ``details``: the paper protocol's agreement, the
+    ``eps`` path, relative errors and speed-ups.
 
     With ``cache_dir`` the exact LOO is read from (and written to) the cache, and its time is measured on
     ``TIMING_UNITS`` fresh refits and extrapolated (``loo_exact_extrapolated``); without, it is timed in full.
@@ -248,7 +179,7 @@ def run(dataset: str, *, quick: bool, seed: int = 0, cache_dir: str | Path | Non
 
 
 def _run(dataset: str, *, quick: bool, seed: int, cache_dir: str | Path | None, progress: bool,
-         eps_grid: tuple[float, ...], **loader_options: Any) -> dict[str, Any]:
+         eps_grid: tuple[float, ...], **loader_options: Any) -> Comparison:
     problem = setup(dataset, quick=quick, seed=seed, **loader_options)
     units, n_units = problem.units, len(problem.units)
     vif_estimate, t_vif = _timed(estimate, problem, method="vif")
@@ -275,15 +206,15 @@ def _run(dataset: str, *, quick: bool, seed: int, cache_dir: str | Path | None, 
                          "relative_error": relative_error(predicted[:, :-1], loo[:, :-1])}
     seconds = {"vif": t_vif, "if": t_if, "lifelines_delta_beta": t_lifelines, "loo_exact": t_loo,
                "loo_paper": t_paper}
-    return {
-        "problem": problem, "loo": loo, "vif": vif_estimate, "if": if_estimate, "lifelines": lifelines_estimate,
-        "paper_loo": paper, "paper_rows": rows, "beta_adam": beta_adam,
-        "summary": {
-            "dataset": dataset, "n_patients": problem.data.dataset.n, "n_train": problem.n_train,
-            "n_test": len(problem.rows_test), "n_units": n_units, "n_covariates": problem.beta_hat.numel(),
-            "ties": problem.ties, "events_train": float(problem.train[2].sum()),
-            "correlations": {"vif": _corr(vif_estimate, loo), "if": _corr(if_estimate, loo),
-                             "lifelines_delta_beta": _corr(lifelines_estimate, loo)},
+    estimates = {"vif": vif_estimate, "if": if_estimate, "lifelines_delta_beta": lifelines_estimate}
+    return Comparison(
+        settings={"dataset": dataset, "n_patients": problem.data.dataset.n, "n_train": problem.n_train,
+                  "n_test": len(problem.rows_test), "n_units": n_units, "n_covariates": problem.beta_hat.numel(),
+                  "ties": problem.ties, "events_train": float(problem.train[2].sum())},
+        estimates=estimates, truth={"loo": loo, "paper_loo": paper},
+        correlations={name: _corr(value, loo) for name, value in estimates.items()},
+        timings=seconds,
+        details={
             "paper_protocol": {
                 "epochs": EPOCHS[dataset], "n_units": len(paper_units), "adam_grad_norm": adam_grad,
                 "adam_vs_exact_beta_max_abs": float((beta_adam - problem.beta_hat).abs().max()),
@@ -291,15 +222,14 @@ def _run(dataset: str, *, quick: bool, seed: int, cache_dir: str | Path | None, 
                 "exact_loo_vs_paper_loo": _corr(loo[rows], paper),
             },
             "eps_path": {str(eps): value for eps, value in eps_path.items()},
-            "relative_error": {name: relative_error(value[:, :-1], loo[:, :-1]) for name, value in
-                               (("vif", vif_estimate), ("if", if_estimate), ("lifelines_delta_beta", lifelines_estimate))},
-            "seconds": seconds, "loo_exact_extrapolated": extrapolated,
+            "relative_error": {name: relative_error(value[:, :-1], loo[:, :-1]) for name, value in estimates.items()},
+            "loo_exact_extrapolated": extrapolated,
             "loo_exact_timed_units": len(timing_units) if extrapolated else n_units,
             "loo_paper_extrapolated_from_units": 3,
             "speedup": {"vif_vs_loo_exact": t_loo / t_vif, "vif_vs_loo_paper": t_paper / t_vif,
                         "if_vs_loo_exact": t_loo / t_if},
         },
-    }
+        setup=problem, tensors={"paper_rows": rows, "beta_adam": beta_adam})
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -311,6 +241,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def reproduce(*, quick: bool, seed: int, dataset: str = "support", cache_dir: str | None = None, threads: int = 1,
-              **_: Any) -> dict:
-    """Run the experiment on one dataset; JSON-serialisable summary (correlations, seconds, ratios, sizes)."""
-    return run(dataset, quick=quick, seed=seed, cache_dir=cache_dir, threads=threads)["summary"]
+              **_: Any) -> Comparison:
+    """Run the experiment on one dataset (:func:`run`)."""
+    return run(dataset, quick=quick, seed=seed, cache_dir=cache_dir, threads=threads)

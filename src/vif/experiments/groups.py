@@ -27,22 +27,20 @@ import networkx as nx
 import numpy as np
 import pandas as pd
 import torch
-from matplotlib.ticker import NullFormatter
 
 from ..datamodels import linear_datamodel, sample_subsets, second_order_influence, subset_changes
 from ..forward import forward_influence
 from ..influence import influence
 from ..loo import leave_one_out
 from ..metrics import correlations, lds
-from ..plotting import PALETTE
 from ..problem import takes_mask
 from ..threads import torch_threads
-from . import cox as cox_experiment
-from . import node_embedding, ranking
+from ._results import Comparison
+from ._setups import cox_setup, embedding_settings, embedding_setup, ranking_setup
 
 __all__ = ["Case", "PREDICTORS", "random_groups", "local_groups", "sizes", "make_case", "cox_case",
            "embedding_case", "ranking_case", "predict",
-           "group_curves", "single_scores", "lds_scores", "run", "table", "plot_curves", "add_arguments", "reproduce"]
+           "group_curves", "single_scores", "lds_scores", "run", "table", "add_arguments", "reproduce"]
 
 PREDICTORS = ("group VIF", "summed VIF", "group IF", "2nd order", "Forward-INF")
 FORWARD_TARGETS = {True: 5, False: 10}  # Forward-INF costs n_targets x n_removals forward passes: K spread targets
@@ -107,8 +105,7 @@ def local_groups(order: np.ndarray, sizes: tuple[int, ...], per_size: int) -> li
 
 def cox_case(*, quick: bool, seed: int) -> Case:
     """Cox on SUPPORT; named groups: cancer status (none / yes / metastatic) x age band (<50, 50-65, 65-80, 80+)."""
-    s = cox_experiment.setup("support", quick=False, seed=seed, n_train=400 if quick else None,
-                             n_targets=30 if quick else 100)
+    s = cox_setup("support", quick=False, seed=seed, n_train=400 if quick else None, n_targets=30 if quick else 100)
     frame = s.data.dataset.frame.iloc[s.rows_train]
     band = np.digitize(frame["age"].to_numpy(), [50, 65, 80])
     cancer = frame["cancer"].to_numpy().astype(int)
@@ -123,8 +120,8 @@ def cox_case(*, quick: bool, seed: int) -> Case:
 def embedding_case(graph: str, *, quick: bool, seed: int) -> Case:
     """Skip-gram node embedding; named groups: greedy-modularity communities of the graph."""
     overrides = dict(n_pairs=60, n_links=40) if quick else dict(n_pairs=300, n_links=150)
-    config = node_embedding.settings(quick=quick, graph=graph, seed=seed, n_nodes=60, **overrides)
-    problem = node_embedding.setup(config)
+    config = embedding_settings(quick=quick, graph=graph, seed=seed, n_nodes=60, **overrides)
+    problem = embedding_setup(config)
     graph_nx = nx.Graph(problem.graph.edge_index.T.tolist())
     communities = nx.algorithms.community.greedy_modularity_communities(graph_nx)
     order = np.array(list(nx.bfs_tree(graph_nx, 0)))
@@ -140,7 +137,7 @@ def embedding_case(graph: str, *, quick: bool, seed: int) -> Case:
 
 def ranking_case(*, quick: bool, seed: int) -> Case:
     """Listwise (softmax) ranking; named groups: greedy-modularity communities of the item co-occurrence graph."""
-    s = ranking.setup("mediamill-like", "softmax", quick=True, seed=seed, n_train=200 if quick else 500,
+    s = ranking_setup("mediamill-like", "softmax", quick=True, seed=seed, n_train=200 if quick else 500,
                       n_test=40 if quick else 200)
     Y = s.data.Y_train.numpy() > 0
     counts = (Y.T.astype(float) @ Y.astype(float))
@@ -203,13 +200,16 @@ def _scores(predicted: dict[str, torch.Tensor], actual: torch.Tensor, valid: np.
 
 
 def group_curves(case: Case, sizes: tuple[int, ...], per_size: int, *, seed: int, cache_dir: Any = None,
-                 progress: bool = False) -> dict[str, Any]:
+                 progress: bool = False) -> Comparison:
     """Every predictor against exact group refits, per group size, for random and for local groups.
 
-    Returns ``{"random": {size: {predictor: {"pearson", "relative_error"}}}, "local": {...}, "named": {...},
-    "seconds": {...}, ...}``: Pearson is the mean over targets of the correlation across the groups of one size;
-    ``named``: the case's named groups (clinical strata, communities), across them per target when there are at
-    least 6, else across targets per group (``named_across``). ``tensors``: the raw values.
+    Returns a :class:`Comparison`: ``estimates`` (every predictor, ``(n_groups, n_targets)``; Forward-INF on the
+    spread targets only) against ``truth["refits"]``; ``correlations["random"][size][predictor]`` and
+    ``["local"]`` (``{"pearson", "relative_error"}``: Pearson is the mean over targets of the correlation
+    across the groups of one size) and ``["named"][predictor]``: the case's named groups (clinical strata,
+    communities), across them per target when there are at least 6, else across targets per group
+    (``settings["named_across"]``); ``timings``: seconds of each predictor and of the refits; ``settings``:
+    sizes, group counts, the named groups' labels and sizes; ``tensors["lengths"]``: each group's size.
     """
     families = {"random": random_groups(case.n_units, sizes, per_size, seed)}
     if case.order is not None:
@@ -223,21 +223,24 @@ def group_curves(case: Case, sizes: tuple[int, ...], per_size: int, *, seed: int
     valid = None if case.valid is None else case.valid(every)
     columns = case.forward_columns(actual.shape[1])
     lengths = np.array([len(group) for group in every])
-    result: dict[str, Any] = {"sizes": [size for size in sizes if size <= case.n_units // 2], "seconds": seconds,
-                              "n_groups": len(every), "per_size": per_size, "n_units": case.n_units}
+    used_sizes = [size for size in sizes if size <= case.n_units // 2]
+    scores: dict[str, Any] = {}
     offset = 0
     for family, groups in families.items():
         rows = np.arange(offset, offset + len(groups))
         offset += len(groups)
-        result[family] = {str(size): _scores(predicted, actual, valid, rows[lengths[rows] == size], columns=columns)
-                          for size in result["sizes"]}
+        scores[family] = {str(size): _scores(predicted, actual, valid, rows[lengths[rows] == size], columns=columns)
+                          for size in used_sizes}
     rows = np.arange(offset, len(every))
     # few named groups (graph communities): correlate across targets, one correlation per group
-    result["named_across"] = "units" if len(rows) >= 6 else "targets"
-    result["named"] = _scores(predicted, actual, valid, rows, result["named_across"], columns) if len(rows) else {}
-    result["named_labels"], result["named_sizes"] = list(case.named), [len(group) for group in named]
-    result["tensors"] = {"actual": actual, **predicted, "lengths": lengths}
-    return result
+    named_across = "units" if len(rows) >= 6 else "targets"
+    scores["named"] = _scores(predicted, actual, valid, rows, named_across, columns) if len(rows) else {}
+    return Comparison(
+        settings={"sizes": used_sizes, "n_groups": len(every), "per_size": per_size, "n_units": case.n_units,
+                  "named_labels": list(case.named), "named_sizes": [len(group) for group in named],
+                  "named_across": named_across},
+        estimates=predicted, truth={"refits": actual}, correlations=scores, timings=seconds, setup=case,
+        tensors={"lengths": lengths})
 
 
 def single_scores(case: Case) -> dict[str, torch.Tensor]:
@@ -299,51 +302,35 @@ def make_case(name: str, *, quick: bool, seed: int) -> Case:
 
 
 def run(*, quick: bool, seed: int = 0, cache_dir: Any = None, n_jobs: int = 1, progress: bool = False,
-        cases: tuple[str, ...] | None = None) -> dict[str, Any]:
-    """Every case's group-size curves and the Cox LDS (alpha 0.5 and 0.8); tensors under ``"tensors"``."""
+        cases: tuple[str, ...] | None = None) -> Comparison:
+    """Every case's group-size curves (one part each, :func:`group_curves`) and the Cox LDS (alpha 0.5 and 0.8).
+
+    ``details["lds"][alpha]``: :func:`lds_scores` of the Cox case; each part's ``timings["total"]``: its case's
+    set-up, refits and estimates.
+    """
     plan = sizes(quick)
-    results: dict[str, Any] = {"quick": quick, "seed": seed, "curves": {}, "lds": {}}
+    parts, lds_results = {}, {}
     for name in cases or tuple(plan):
         start = time.perf_counter()
         case = make_case(name, quick=quick, seed=seed)
         group_sizes, per_size = plan[name]
-        results["curves"][name] = group_curves(case, group_sizes, per_size, seed=seed, cache_dir=cache_dir,
-                                               progress=progress)
+        parts[name] = group_curves(case, group_sizes, per_size, seed=seed, cache_dir=cache_dir, progress=progress)
         if name == "cox-support":
             singles = single_scores(case)
             for alpha in (0.5, 0.8):
-                results["lds"][f"{alpha:g}"] = lds_scores(case, alpha, 20 if quick else 100, seed=seed,
-                                                          cache_dir=cache_dir, n_jobs=n_jobs, progress=progress,
-                                                          singles=singles)
-        results["curves"][name]["seconds"]["total"] = time.perf_counter() - start
-    return results
+                lds_results[f"{alpha:g}"] = lds_scores(case, alpha, 20 if quick else 100, seed=seed,
+                                                       cache_dir=cache_dir, n_jobs=n_jobs, progress=progress,
+                                                       singles=singles)
+        parts[name].timings["total"] = time.perf_counter() - start
+    return Comparison(settings={"quick": quick, "seed": seed}, parts=parts, details={"lds": lds_results})
 
 
-def table(results: dict[str, Any]) -> pd.DataFrame:
+def table(results: Comparison) -> pd.DataFrame:
     """Long table of the curves: one row per (case, family, size, predictor) with Pearson and relative error."""
     rows = [{"case": case, "family": family, "size": int(size), "predictor": predictor, **scores}
-            for case, curve in results["curves"].items() for family in ("random", "local") if family in curve
-            for size, by_predictor in curve[family].items() for predictor, scores in by_predictor.items()]
+            for case, curve in results.parts.items() for family in ("random", "local") if family in curve.correlations
+            for size, by_predictor in curve.correlations[family].items() for predictor, scores in by_predictor.items()]
     return pd.DataFrame(rows)
-
-
-def plot_curves(axes: Any, frame: pd.DataFrame, case: str, *, metric: str = "pearson",
-                predictors: tuple[str, ...] = PREDICTORS) -> None:
-    """``metric`` against group size for each of ``predictors``: random groups solid, local groups dashed."""
-    for colour, predictor in zip(PALETTE, PREDICTORS):
-        if predictor not in predictors:
-            continue
-        for family, style in (("random", "-"), ("local", "--")):
-            part = frame[(frame.case == case) & (frame.family == family) & (frame.predictor == predictor)]
-            if len(part):
-                axes.plot(part["size"], part[metric], style, marker="o", color=colour, markersize=3,
-                          label=f"{predictor} ({family})")
-    axes.set_xscale("log")
-    sizes_seen = sorted(set(frame[frame.case == case]["size"]))
-    axes.set_xticks(sizes_seen, [str(size) for size in sizes_seen])
-    axes.xaxis.set_minor_formatter(NullFormatter())
-    axes.set_xlabel("group size")
-    axes.set_title(case)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -352,10 +339,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--n-jobs", type=int, default=1, help="joblib workers for the refits")
 
 
-def reproduce(*, quick: bool, seed: int, cache_dir: str | None = None, n_jobs: int = 1) -> dict:
-    """Group-size curves of every predictor on every task, and LDS on Cox (JSON-serialisable)."""
+def reproduce(*, quick: bool, seed: int, cache_dir: str | None = None, n_jobs: int = 1) -> Comparison:
+    """Group-size curves of every predictor on every task, and LDS on Cox (:func:`run`)."""
     with torch_threads(1):
-        results = run(quick=quick, seed=seed, cache_dir=cache_dir, n_jobs=n_jobs)
-    for curve in results["curves"].values():
-        curve.pop("tensors")
-    return results
+        return run(quick=quick, seed=seed, cache_dir=cache_dir, n_jobs=n_jobs)

@@ -16,6 +16,7 @@ from ..influence import influence
 from ..loo import leave_one_out
 from ..metrics import correlations
 from ..tasks.logistic import DEFAULT_L2, LogisticRegression, Params, losses
+from ._results import Comparison
 
 __all__ = ["add_arguments", "reproduce"]
 
@@ -25,10 +26,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--l2", type=float, default=DEFAULT_L2, help=f"L2 penalty on the weight (default {DEFAULT_L2:g})")
 
 
-def reproduce(*, quick: bool, seed: int, l2: float = DEFAULT_L2, cache_dir: str | None = None) -> dict:
-    """Koh & Liang's validation on breast cancer: VIF vs exact LOO on the test log-losses.
+def reproduce(*, quick: bool, seed: int, l2: float = DEFAULT_L2, cache_dir: str | None = None) -> Comparison:
+    """Koh & Liang's validation on breast cancer: VIF and IF vs exact LOO on the test log-losses.
 
-    Returns a dict with sizes, mean Pearson/Spearman of VIF and IF against LOO, and seconds of each.
+    Returns the sizes (``settings``), ``estimates`` ``"vif"`` and ``"if"`` against ``truth["loo"]``, their mean
+    Pearson/Spearman (``correlations``), seconds of each (``timings``) and ``details["speedup_vif_vs_loo"]``.
     ``quick`` refits a seeded subset of 60 training points instead of all of them.
     """
     data = breast_cancer(seed=seed)
@@ -51,10 +53,9 @@ def reproduce(*, quick: bool, seed: int, l2: float = DEFAULT_L2, cache_dir: str 
     actual = leave_one_out(task, theta, target, units=units, progress=False, cache_dir=cache_dir,
                            cache_key=f"breast-cancer seed={seed} l2={l2}")
     seconds["loo"] = time.perf_counter() - start
-    return {
-        "dataset": "breast_cancer", "n_train": n, "n_test": int(data.X_test.shape[0]),
-        "n_units_refitted": int(actual.shape[0]), "l2": l2,
-        "vif": correlations(predicted, actual).as_dict(),
-        "if": correlations(predicted_if, actual).as_dict(),
-        "seconds": seconds, "speedup_vif_vs_loo": seconds["loo"] / seconds["vif"],
-    }
+    return Comparison(
+        settings={"dataset": "breast_cancer", "n_train": n, "n_test": int(data.X_test.shape[0]),
+                  "n_units_refitted": int(actual.shape[0]), "l2": l2},
+        estimates={"vif": predicted, "if": predicted_if}, truth={"loo": actual},
+        correlations={"vif": correlations(predicted, actual), "if": correlations(predicted_if, actual)},
+        timings=seconds, details={"speedup_vif_vs_loo": seconds["loo"] / seconds["vif"]}, setup=task)

@@ -12,13 +12,13 @@ of SUPPORT's training split; targets: the log-hazards of seeded test patients. G
 A removal **changes basin** when the refit lands farther from VIF's predicted parameters than VIF's own step
 (``||dtheta_loo - dtheta_vif|| > ||dtheta_vif||``); :func:`mask_path` refits along ``m = 1 - t e_i``
 (``t = 0 .. 1``, each step warm-started from the last) to tell a genuine bifurcation (the slow path jumps
-too, to the same refit) from an optimiser jump. Expensive results are cached in ``cache_dir``.
+too, to the same refit) from an optimiser jump. Refits are cached in ``cache`` (:func:`vif.leave_one_out`'s
+fingerprinted cache); fits and estimates are recomputed.
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import time
 import warnings
@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from ..datasets.survival import load_support, split
+from ..fit import DENSE_LIMIT
 from ..influence import influence, parameter_influence
 from ..loo import leave_one_out
 from ..metrics import correlations, relative_error
@@ -38,11 +39,11 @@ from ..solvers import CG, Exact, LiSSA, cholesky_solver
 from ..tasks.cox import negative_log_partial_likelihood, prepare
 from ..tasks.neural_cox import NeuralCox, minimise, pbrf_objective
 from ..threads import torch_threads
+from ._results import Comparison
 
 __all__ = ["Settings", "settings", "Model", "model", "estimates", "ground_truth", "sweep", "solver_table",
            "mask_path", "hook_speed", "add_arguments", "reproduce"]
 
-DENSE_LIMIT = 3000  # most parameters for which a dense Hessian is formed
 LARGE_TARGETS = 20  # targets in the solver comparison at widths without a dense Hessian
 N_TIMED = 3  # warm refits timed per width (the all-units LOO cost is extrapolated from them)
 WEIGHT_DECAYS = {True: (3.0, 10.0), False: (1.0, 3.0, 10.0, 30.0)}  # keyed by quick
@@ -63,8 +64,8 @@ class Settings:
     n_loo: int = 50  # warm-LOO and PBRF units (a seeded subset; 0 = all)
 
     def key(self) -> str:
-        """Stable hash of the settings (cache file names)."""
-        return hashlib.sha1(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:12]
+        """A stable string naming the settings, for cache keys."""
+        return json.dumps(asdict(self), sort_keys=True)
 
 
 def settings(*, quick: bool, seed: int = 0, **overrides: Any) -> Settings:
@@ -94,17 +95,6 @@ class Model:
         return self.task.risk(params, self.x_test)
 
 
-def _cached(cache: Path | None, name: str, compute):
-    path = None if cache is None else cache / f"{name}.pt"
-    if path is not None and path.exists():
-        return torch.load(path, weights_only=False)
-    value = compute()
-    if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(value, path)
-    return value
-
-
 def _data(s: Settings):
     parts = split(load_support(), seed=s.seed)
     x, time_, event = parts.part("train")
@@ -113,32 +103,20 @@ def _data(s: Settings):
     return (x[rows], time_[rows], event[rows]), parts.part("val"), torch.as_tensor(x_test)
 
 
-def model(s: Settings, cache: Path | None = None, device: str | None = None) -> Model:
-    """Fit (or load) the model of ``s``; forms the dense Hessian when ``n_params <= DENSE_LIMIT``."""
+def model(s: Settings, device: str | None = None) -> Model:
+    """Fit the model of ``s`` (seeded, deterministic); forms the dense Hessian when ``n_params <= DENSE_LIMIT``."""
     train, val, x_test = _data(s)
     task = NeuralCox(*train, hidden=s.hidden, weight_decay=s.weight_decay, ties=s.ties, seed=s.seed, gtol=s.gtol,
                      device=device)
 
-    def compute() -> dict[str, Any]:
-        start = time.perf_counter()
-        params = task.fit()
-        seconds = time.perf_counter() - start
-        matrix, hessian_seconds = _timed(task.precondition, params) if task.n_params <= DENSE_LIMIT else (None, 0.0)
-        return {"params": {k: v.cpu() for k, v in params.items()}, "hessian": None if matrix is None else matrix.cpu(),
-                "seconds": seconds, "hessian_seconds": hessian_seconds}
-
-    stored = _cached(cache, f"fit-{s.key()}", compute)
-    params = {k: v.to(task.data.x.device) for k, v in stored["params"].items()}
-    matrix = None if stored["hessian"] is None else stored["hessian"].to(task.data.x.device)
-    if matrix is not None:
-        task.precondition(params, matrix)
+    params, seconds = _timed(task.fit)
+    matrix, hessian_seconds = _timed(task.precondition, params) if task.n_params <= DENSE_LIMIT else (None, 0.0)
     ones = task._ones()
     norm = float(flatten(torch.func.grad(task.objective)(params, ones))[0].abs().max())
     val_data = prepare(*val)
     eta = task.risk(params, val_data.x.to(task.data.x.device))
     val_ll = -float(negative_log_partial_likelihood(val_data, eta, torch.ones_like(eta), s.ties)) / float(val_data.event.sum())
-    return Model(s, task, params, x_test.to(task.data.x.device), matrix, stored["seconds"], norm, val_ll,
-                 stored["hessian_seconds"])
+    return Model(s, task, params, x_test.to(task.data.x.device), matrix, seconds, norm, val_ll, hessian_seconds)
 
 
 def _timed(function, *args, **kwargs):
@@ -159,9 +137,17 @@ def estimates(m: Model) -> dict[str, Any]:
     return out
 
 
-def ground_truth(m: Model, kind: str, units: list[int] | None = None, cache: Path | None = None) -> dict[str, Any]:
-    """``"warm"``, ``"cold"`` or ``"pbrf"`` target changes ``(len(units), n_targets)``, refitted parameters, seconds."""
+def ground_truth(m: Model, kind: str, units: list[int] | None = None, cache: Path | None = None, *,
+                 on_unconverged: str = "raise") -> dict[str, Any]:
+    """``"warm"``, ``"cold"`` or ``"pbrf"`` target changes ``(len(units), n_targets)``, refitted parameters, seconds.
+
+    The refits go through the fingerprinted :func:`vif.leave_one_out` cache in ``cache``. ``seconds`` is the
+    time of all ``units``' refits; with a cache (whose entries load in no time) it is measured on the first
+    ``N_TIMED`` units, refitted afresh, and extrapolated. ``on_unconverged``: the stationarity check of
+    ``theta_hat`` (``"warn"`` for a fit stopped at a stated looser tolerance).
+    """
     task, params = m.task, m.params
+    units = list(range(task.n_units)) if units is None else list(units)
     if kind == "pbrf":
         objective = pbrf_objective(task, params)
         theta = flatten(params)[0]
@@ -170,17 +156,21 @@ def ground_truth(m: Model, kind: str, units: list[int] | None = None, cache: Pat
         def fit(mask: torch.Tensor, init: Any) -> Any:
             return minimise(objective, dict(params), mask, gtol=m.settings.gtol, preconditioner=solve)
     elif kind in ("warm", "cold"):
-        fit = task.fit  # type: ignore[assignment]
+        fit, objective = task.fit, task.objective  # type: ignore[assignment]
     else:
         raise ValueError(f"unknown ground truth {kind!r}")
-    name = f"{kind}-{m.settings.key()}-{hashlib.sha1(str(units).encode()).hexdigest()[:8]}"
 
-    def compute() -> dict[str, Any]:
-        (changes, thetas), seconds = _timed(leave_one_out, fit, params, m.target, n_units=task.n_units, units=units,
-                                            warm_start=kind != "cold", progress=False, return_params=True)
-        return {"changes": changes.cpu(), "thetas": thetas.cpu(), "seconds": seconds}
+    def refits(selected: list[int], cache_dir: Path | None) -> tuple[tuple[torch.Tensor, torch.Tensor], float]:
+        return _timed(leave_one_out, fit, params, m.target, n_units=task.n_units, units=selected,
+                      warm_start=kind != "cold", objective=objective, cache_dir=cache_dir,
+                      cache_key=f"neural-cox|{kind}|{m.settings.key()}", progress=False, return_params=True,
+                      on_unconverged=on_unconverged)
 
-    return _cached(cache, name, compute)
+    (changes, thetas), seconds = refits(units, cache)
+    if cache is not None:
+        timed = units[:N_TIMED]
+        seconds = refits(timed, None)[1] / len(timed) * len(units)
+    return {"changes": changes.cpu(), "thetas": thetas.cpu(), "seconds": seconds}
 
 
 def mask_path(m: Model, unit: int, steps: int = 20) -> dict[str, Any]:
@@ -212,11 +202,20 @@ def _corr(a: torch.Tensor, b: torch.Tensor) -> float:
     return correlations(a, b).pearson
 
 
-def sweep(base: Settings, weight_decays: list[float], *, n_cold: int, cache: Path | None = None) -> list[dict[str, Any]]:
-    """For each weight decay: fit, estimates, warm LOO and PBRF over all units (cold over ``n_cold``), basin changes."""
+def sweep(base: Settings, weight_decays: list[float], *, n_cold: int, cache: Path | None = None) -> list[Comparison]:
+    """For each weight decay: fit, estimates, warm LOO and PBRF over all units (cold over ``n_cold``), basin changes.
+
+    One :class:`Comparison` per weight decay: ``estimates`` ``"vif"``, ``"if"``, ``"vif_gn"`` (every training
+    patient, ``(n, n_targets)``); ``truth`` ``"warm"``, ``"pbrf"`` (the units ``tensors["units"]``) and
+    ``"cold"`` (the first ``n_cold`` of them); ``correlations``: Pearson ``"{estimate}_vs_{truth}"`` (and
+    ``"warm_vs_pbrf"``, ``"warm_vs_cold"``); ``timings``: the estimates' seconds and ``loo_warm`` /
+    ``loo_pbrf`` (all units); ``details``: ``validation``, ``basin_fraction`` (and ``cold_same_basin``);
+    ``setup``: the :class:`Model`; ``tensors``: ``units``, ``basin`` (bool), ``miss`` and the refitted
+    parameters ``warm_thetas`` / ``pbrf_thetas`` / ``cold_thetas``.
+    """
     rows = []
     for decay in weight_decays:
-        m = model(Settings(**{**asdict(base), "weight_decay": decay}), cache)
+        m = model(Settings(**{**asdict(base), "weight_decay": decay}))
         est = estimates(m)
         units = loo_units(m)
         warm, pbrf = ground_truth(m, "warm", units, cache), ground_truth(m, "pbrf", units, cache)
@@ -224,20 +223,26 @@ def sweep(base: Settings, weight_decays: list[float], *, n_cold: int, cache: Pat
         jump = warm["thetas"] - theta
         step = est["step"].cpu()[units]
         miss = (jump - step).norm(dim=1) / step.norm(dim=1)
-        row = {"weight_decay": decay, "model": m, "est": est, "warm": warm, "pbrf": pbrf, "validation": m.validation,
-               "units": units, "basin": miss > 1.0, "miss": miss}
-        for truth in ("warm", "pbrf"):
-            for name in ("vif", "if", "vif_gn"):
-                row[f"{name}_vs_{truth}"] = _corr(est[name][units], row[truth]["changes"])
-        row["warm_vs_pbrf"] = _corr(warm["changes"], pbrf["changes"])
+        truth = {"warm": warm["changes"], "pbrf": pbrf["changes"]}
+        scores = {f"{name}_vs_{kind}": _corr(est[name][units], truth[kind])
+                  for kind in ("warm", "pbrf") for name in ("vif", "if", "vif_gn")}
+        scores["warm_vs_pbrf"] = _corr(warm["changes"], pbrf["changes"])
+        tensors = {"units": units, "basin": miss > 1.0, "miss": miss, "warm_thetas": warm["thetas"],
+                   "pbrf_thetas": pbrf["thetas"]}
+        details = {"validation": m.validation, "basin_fraction": float((miss > 1.0).double().mean())}
         if n_cold:
             cold = ground_truth(m, "cold", units[:n_cold], cache)
-            row["cold"] = cold
-            row["vif_vs_cold"] = _corr(est["vif"][units[:n_cold]], cold["changes"])
-            row["warm_vs_cold"] = _corr(warm["changes"][:n_cold], cold["changes"])
-            row["cold_same_basin"] = float(((cold["thetas"] - warm["thetas"][:n_cold]).norm(dim=1)
-                                            < 0.1 * jump[:n_cold].norm(dim=1)).double().mean())
-        rows.append(row)
+            truth["cold"], tensors["cold_thetas"] = cold["changes"], cold["thetas"]
+            scores["vif_vs_cold"] = _corr(est["vif"][units[:n_cold]], cold["changes"])
+            scores["warm_vs_cold"] = _corr(warm["changes"][:n_cold], cold["changes"])
+            details["cold_same_basin"] = float(((cold["thetas"] - warm["thetas"][:n_cold]).norm(dim=1)
+                                                < 0.1 * jump[:n_cold].norm(dim=1)).double().mean())
+        rows.append(Comparison(
+            settings=asdict(m.settings), estimates={name: est[name] for name in ("vif", "if", "vif_gn")},
+            truth=truth, correlations=scores,
+            timings={**est["seconds"], "loo_warm": warm["seconds"], "loo_pbrf": pbrf["seconds"],
+                     "fit": m.fit_seconds, "hessian": m.hessian_seconds},
+            details=details, setup=m, tensors=tensors))
     return rows
 
 
@@ -257,7 +262,7 @@ def solver_table(s: Settings, widths: list[tuple[int, ...]], cache: Path | None 
         wide = sum(a * b + b for a, b in zip((14, *hidden), hidden)) + hidden[-1] > DENSE_LIMIT
         # without a dense Hessian: L-BFGS to a looser tolerance and LARGE_TARGETS targets (each CG step costs one per target)
         wide_settings = {"gtol": max(s.gtol, 1e-5), "n_targets": min(s.n_targets, LARGE_TARGETS)} if wide else {}
-        m = model(Settings(**{**asdict(s), "hidden": tuple(hidden), **wide_settings}), cache)
+        m = model(Settings(**{**asdict(s), "hidden": tuple(hidden), **wide_settings}))
         gn = m.task.gauss_newton(m.params)
         dense = m.task.n_params <= DENSE_LIMIT
         lissa = LiSSA(tol=1e-6, max_iter=lissa_iter, on_nonconvergence="warn")
@@ -267,17 +272,14 @@ def solver_table(s: Settings, widths: list[tuple[int, ...]], cache: Path | None 
             reference = CG(tol=1e-8, max_iter=500, on_nonconvergence="warn")
             options = {"reference_cg": reference, **{k: v for k, v in options.items() if k in ("cg", "lissa", "gn_cg")}}
 
-        def compute(options: dict = options, m: Model = m, wide: bool = wide) -> dict[str, tuple[torch.Tensor, float]]:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                # the wide fit stops at max|grad| <= 1e-5 (stated): the stationarity rule would refuse it
-                return {name: _timed(influence, m.task, m.params, m.target, hessian=hessian,
-                                     on_unconverged="warn" if wide else "raise")
-                        for name, hessian in options.items()}
-
-        results = _cached(cache, f"solvers-{m.settings.key()}-{lissa_iter}", compute)  # seconds of the first run
+        # the wide fit stops at max|grad| <= 1e-5 (stated): the stationarity rule would refuse it
+        unconverged = "warn" if wide else "raise"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            results = {name: _timed(influence, m.task, m.params, m.target, hessian=hessian, on_unconverged=unconverged)
+                       for name, hessian in options.items()}
+            loo = ground_truth(m, "warm", loo_units(m)[:N_TIMED], on_unconverged=unconverged)  # timed: not cached
         reference = results["exact" if dense else "reference_cg"][0]
-        loo = ground_truth(m, "warm", loo_units(m)[:N_TIMED], cache)
         for name, (value, seconds) in results.items():
             seconds += m.hessian_seconds if name == "exact" else 0.0  # the dense Hessian is part of the exact route
             rows.append({"hidden": "x".join(map(str, hidden)), "n_params": m.task.n_params, "solver": name,
@@ -301,19 +303,21 @@ def hook_speed(m: Model) -> dict[str, float]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """CLI options of ``python -m vif reproduce neural-cox``."""
-    parser.add_argument("--cache-dir", default=None, help="folder for fits and refits (default: none)")
+    parser.add_argument("--cache-dir", default=None, help="folder for the LOO refits (default: none)")
 
 
-def reproduce(*, quick: bool, seed: int, cache_dir: str | None = None) -> dict:
-    """The chapter's headline numbers: the weight-decay sweep (VIF/IF vs warm LOO and PBRF) and the solver table."""
+def reproduce(*, quick: bool, seed: int, cache_dir: str | None = None) -> Comparison:
+    """The chapter's headline numbers: the weight-decay sweep and the solver table.
+
+    One part per weight decay (:func:`sweep`); the solver table (:func:`solver_table`) at the weight decay of
+    best validation in ``details["solvers"]``.
+    """
     cache = None if cache_dir is None else Path(cache_dir)
     base = settings(quick=quick, seed=seed)
     with torch_threads(1):
         rows = sweep(base, list(WEIGHT_DECAYS[quick]), n_cold=0, cache=cache)
-        best = max(rows, key=lambda row: row["validation"])["weight_decay"]
+        best = max(rows, key=lambda row: row.details["validation"]).settings["weight_decay"]
         table = solver_table(Settings(**{**asdict(base), "weight_decay": best}), list(WIDTHS[quick]), cache,
                              lissa_iter=10 if quick else 200)
-    keys = ("weight_decay", "validation", "vif_vs_warm", "if_vs_warm", "vif_gn_vs_warm", "vif_vs_pbrf", "vif_gn_vs_pbrf",
-            "if_vs_pbrf", "warm_vs_pbrf")
-    summary = [{k: float(row[k]) for k in keys} | {"basin_fraction": float(row["basin"].double().mean())} for row in rows]
-    return {"settings": asdict(base), "sweep": summary, "solvers": table}
+    return Comparison(settings=asdict(base), parts={f"weight_decay={row.settings['weight_decay']:g}": row for row in rows},
+                      details={"best_weight_decay": best, "solvers": table})

@@ -23,9 +23,8 @@ same building blocks.
 from __future__ import annotations
 
 import argparse
-import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 
 import torch
 
@@ -36,8 +35,14 @@ from ..influence import influence
 from ..loo import leave_one_out
 from ..metrics import correlations
 from ..params import flatten
+from ..pbrf import proximal_objective
 from ..tasks import embedding
 from ..threads import torch_threads
+from ._results import Comparison
+from ._setups import EmbeddingSettings as Settings
+from ._setups import EmbeddingSetup as Setup
+from ._setups import embedding_settings as settings
+from ._setups import embedding_setup as setup
 
 __all__ = ["Settings", "Setup", "ProximalResponse", "pbrf_objective", "setup", "estimate",
            "ground_truth", "compare", "readable", "run", "speed", "add_arguments", "reproduce"]
@@ -45,122 +50,17 @@ __all__ = ["Settings", "Setup", "ProximalResponse", "pbrf_objective", "setup", "
 GROUND_TRUTHS = ("warm", "cold", "pbrf")
 
 
-@dataclass(frozen=True)
-class Settings:
-    """Everything that defines one experiment (and its cache key)."""
-
-    graph: str = "karate"
-    dim: int = 2
-    window: int = 3
-    walk_length: int = 6
-    l2: float = 0.3  # weight of the mean squared embedding norm per node (see vif.embedding)
-    expected: bool = True
-    n_pairs: int = 0  # 0: all ordered pairs (j, k), j != k; otherwise a seeded sample of that many
-    n_links: int = 0  # 0: all unordered pairs j < k; otherwise a seeded sample
-    n_nodes: int = 200  # sbm only
-    seed: int = 0
-    dampings: tuple[float, ...] = (1e-3, 1e-2, 1e-1, 1.0)
-    gtol: float = 1e-10  # max |grad| of every fit and refit
-
-    def key(self) -> str:
-        """A stable string naming the settings, for cache keys."""
-        return json.dumps(asdict(self), sort_keys=True)
-
-
-def settings(*, quick: bool, graph: str = "karate", dim: int = 2, seed: int = 0, **overrides) -> Settings:
-    """The book's settings: every pair on karate; seeded samples of 600 pairs on larger graphs."""
-    large = graph != "karate"
-    values = dict(graph=graph, dim=dim, seed=seed, n_pairs=600 if large else 0, n_links=300 if large else 0,
-                  dampings=(1e-2, 1.0) if quick else (1e-3, 1e-2, 1e-1, 1.0))
-    values.update(overrides)
-    return Settings(**values)
-
-
-@dataclass
-class Setup:
-    """A fitted embedding with its targets: ``target(params, mask)`` returns pair losses then link scores."""
-
-    settings: Settings
-    graph: object
-    loss: embedding.SkipGram
-    params: dict[str, torch.Tensor]
-    pairs: torch.Tensor  # (n_pairs, 2) ordered (centre, context)
-    links: torch.Tensor  # (n_links, 2) unordered
-    fit_seconds: float
-    _pair_loss: object = field(repr=False, default=None)
-    _link_score: object = field(repr=False, default=None)
-
-    @property
-    def n_units(self) -> int:
-        """Number of nodes."""
-        return self.loss.n_units
-
-    def link_target(self, params: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Link scores only (n_links,): a plain target (no mask), for timings."""
-        return self._link_score(params)
-
-    def target(self, params: dict[str, torch.Tensor], mask: torch.Tensor) -> torch.Tensor:
-        """Pair losses (n_pairs,) then link scores (n_links,), concatenated: shape (n_pairs + n_links,)."""
-        return torch.cat([self._pair_loss(params, mask), self._link_score(params)])
-
-    def valid(self) -> torch.Tensor:
-        """(n_units, n_targets) bool: False where the removed node belongs to the target's pair."""
-        both = torch.cat([self.pairs, self.links])
-        nodes = torch.arange(self.n_units, device=both.device)[:, None, None]
-        return ~(both[None] == nodes).any(dim=2)
-
-    @property
-    def split(self) -> dict[str, slice]:
-        """Column ranges of the two target families."""
-        n = len(self.pairs)
-        return {"pair_loss": slice(0, n), "link_score": slice(n, n + len(self.links))}
-
-
-def _sample(candidates: torch.Tensor, size: int, seed: int) -> torch.Tensor:
-    if size <= 0 or size >= len(candidates):
-        return candidates
-    generator = torch.Generator().manual_seed(seed)
-    return candidates[torch.randperm(len(candidates), generator=generator, device="cpu")[:size].sort().values]
-
-
-def setup(config: Settings) -> Setup:
-    """Load the graph, fit ``theta_hat`` from the seeded cold start and choose the target pairs."""
-    graph = load_graph(config.graph, n_nodes=config.n_nodes, seed=config.seed)
-    loss = embedding.objective(graph, dim=config.dim, window=config.window, walk_length=config.walk_length,
-                               l2=config.l2, expected=config.expected, seed=config.seed)
-    loss.gtol = config.gtol  # every fit and refit of the task (cold starts use loss.seed = config.seed)
-    start = time.perf_counter()
-    params = loss.fit()
-    seconds = time.perf_counter() - start
-    n = loss.n_units
-    nodes = torch.arange(n, device="cpu")
-    rows, cols = torch.meshgrid(nodes, nodes, indexing="ij")
-    ordered = torch.stack([rows.reshape(-1), cols.reshape(-1)], dim=1)
-    pairs = _sample(ordered[ordered[:, 0] != ordered[:, 1]], config.n_pairs, config.seed)
-    links = _sample(ordered[ordered[:, 0] < ordered[:, 1]], config.n_links, config.seed + 1)
-    return Setup(config, graph, loss, params, pairs, links, seconds,
-                 embedding.pair_loss(pairs), embedding.link_score(links))
-
-
 def pbrf_objective(loss: embedding.SkipGram, params_s: dict[str, torch.Tensor], damping: float):
-    """Proximal Bregman response objective ``objective(params, mask)`` (see the module docstring).
+    """Proximal Bregman response objective ``objective(params, mask, counts=None)`` (see the module docstring).
 
-    At ``mask = 1`` its minimiser is ``params_s``; its Hessian there is the Gauss-Newton Hessian
-    ``J^T (d^2 Lambda / dS^2) J + (l2 / n + damping) I``.
+    :func:`vif.pbrf.proximal_objective` on the logits ``S = U V^T`` with the skip-gram cross-entropy as the
+    output loss (``counts``, optional, are the walk counts of ``mask``, as in ``SkipGram.data_loss``) and
+    proximity weight ``l2 / n + damping``. At ``mask = 1`` its minimiser is ``params_s``; its Hessian there is
+    the Gauss-Newton Hessian ``J^T (d^2 Lambda / dS^2) J + (l2 / n + damping) I``.
     """
     theta_s, _ = flatten(params_s)
-    scores_s = embedding.logits(params_s).detach().requires_grad_(True)
     ones = torch.ones(loss.n_units, dtype=theta_s.dtype, device=theta_s.device)
-    (output_gradient,) = torch.autograd.grad(loss.data_loss(scores_s, ones), scores_s)
-    weight = loss.penalty_weight + damping
-
-    def objective(params: dict[str, torch.Tensor], mask: torch.Tensor, counts: torch.Tensor | None = None):
-        scores = embedding.logits(params)
-        theta = torch.cat([params["input"].reshape(-1), params["output"].reshape(-1)])
-        return (loss.data_loss(scores, mask, counts) - (output_gradient * scores).sum()
-                + 0.5 * weight * ((theta - theta_s) ** 2).sum())
-
-    return objective
+    return proximal_objective(embedding.logits, loss.data_loss, params_s, loss.penalty_weight + damping, (ones,))
 
 
 class ProximalResponse:
@@ -229,42 +129,43 @@ def readable(key: str) -> str:
     return f"{label}: {parts[2].capitalize()}" if len(parts) > 2 else label
 
 
-def run(config: Settings, *, cache_dir=None, progress: bool = False) -> dict:
-    """All estimates and ground truths of one configuration; returns tensors, correlations and timings."""
+def run(config: Settings, *, cache_dir=None, progress: bool = False) -> Comparison:
+    """All estimates and ground truths of one configuration, compared.
+
+    ``estimates``: ``"{method} (damping {d})"`` for ``vif`` and ``if`` at damping 0 and each of
+    ``config.dampings``, and ``vif-gnh`` (Gauss-Newton Hessian) at each positive damping; ``truth``: ``"warm"``,
+    ``"cold"`` and ``"pbrf (damping {d})"``. ``correlations[estimate][truth]``: the flattened :func:`compare`
+    (``"pair_loss/per_target/pearson"``, ...) against warm, cold and the PBRF of the same damping.
+    ``details``: how many nodes' cold refits land elsewhere than the warm ones, and the largest difference.
+    """
     problem = setup(config)
-    out = {"problem": problem, "estimates": {}, "truths": {}, "seconds": {}}
+    estimates, truth, seconds = {}, {}, {"fit": problem.fit_seconds}
     for kind in ("warm", "cold"):
         start = time.perf_counter()
-        out["truths"][kind] = ground_truth(problem, kind, cache_dir=cache_dir, progress=progress)
-        out["seconds"][f"loo_{kind}"] = time.perf_counter() - start
+        truth[kind] = ground_truth(problem, kind, cache_dir=cache_dir, progress=progress)
+        seconds[f"loo_{kind}"] = time.perf_counter() - start
+    scores = {}
     for damping in (0.0, *config.dampings):
         for method in ("vif", "if"):
             start = time.perf_counter()
-            out["estimates"][(method, damping)] = estimate(problem, method=method, damping=damping)
-            out["seconds"][f"{method}_{damping:g}"] = time.perf_counter() - start
+            estimates[f"{method} (damping {damping:g})"] = estimate(problem, method=method, damping=damping)
+            seconds[f"{method}_{damping:g}"] = time.perf_counter() - start
         if damping > 0:
-            out["estimates"][("vif-gnh", damping)] = estimate(problem, damping=damping, gauss_newton=True)
-            out["truths"][("pbrf", damping)] = ground_truth(problem, "pbrf", damping=damping, cache_dir=cache_dir,
-                                                            progress=progress)
-    return out
-
-
-def summarise(out: dict) -> dict:
-    """JSON-ready correlations of every estimate against every ground truth."""
-    problem, table = out["problem"], []
-    for (method, damping), predicted in out["estimates"].items():
-        truths = {"warm": out["truths"]["warm"], "cold": out["truths"]["cold"]}
-        if ("pbrf", damping) in out["truths"]:
-            truths["pbrf"] = out["truths"][("pbrf", damping)]
-        for truth, actual in truths.items():
-            table.append({"method": method, "damping": damping, "truth": truth, **{
-                key: value for key, value in _flatten(compare(problem, predicted, actual)).items()}})
-    changed = ((out["truths"]["cold"] - out["truths"]["warm"]).abs() * problem.valid()).amax(dim=1)
-    return {"settings": asdict(problem.settings), "cold_minimum_differs": int((changed > 1e-6).sum()),
-            "cold_minus_warm_max": float(changed.max()), "n_nodes": problem.n_units,
-            "n_params": 2 * problem.n_units * problem.settings.dim, "n_pairs": len(problem.pairs),
-            "n_links": len(problem.links), "fit_seconds": problem.fit_seconds, "seconds": out["seconds"],
-            "correlations": table}
+            estimates[f"vif-gnh (damping {damping:g})"] = estimate(problem, damping=damping, gauss_newton=True)
+            truth[f"pbrf (damping {damping:g})"] = ground_truth(problem, "pbrf", damping=damping,
+                                                                cache_dir=cache_dir, progress=progress)
+        for name in [name for name in estimates if name.endswith(f"(damping {damping:g})")]:
+            against = {"warm": truth["warm"], "cold": truth["cold"]}
+            if damping > 0:
+                against["pbrf"] = truth[f"pbrf (damping {damping:g})"]
+            scores[name] = {kind: _flatten(compare(problem, estimates[name], actual)) for kind, actual in against.items()}
+    changed = ((truth["cold"] - truth["warm"]).abs() * problem.valid()).amax(dim=1)
+    return Comparison(
+        settings={**asdict(config), "n_nodes": problem.n_units, "n_params": 2 * problem.n_units * config.dim,
+                  "n_pairs": len(problem.pairs), "n_links": len(problem.links)},
+        estimates=estimates, truth=truth, correlations=scores, timings=seconds,
+        details={"cold_minimum_differs": int((changed > 1e-6).sum()), "cold_minus_warm_max": float(changed.max())},
+        setup=problem)
 
 
 def _flatten(nested: dict) -> dict:
@@ -323,10 +224,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cache-dir", default=None, help="folder for the LOO refits (resumes from it)")
 
 
-def reproduce(*, quick: bool, seed: int, graph: str = "karate", dim: int = 2, cache_dir=None) -> dict:
-    """Run the node-embedding experiment and return its correlations and timings (JSON-serialisable)."""
+def reproduce(*, quick: bool, seed: int, graph: str = "karate", dim: int = 2, cache_dir=None) -> Comparison:
+    """Run the node-embedding experiment (:func:`run`); its timings on the graph in ``details["speed"]``."""
     with torch_threads(1):  # these problems are small: threads only add contention
-        out = run(settings(quick=quick, graph=graph, dim=dim, seed=seed), cache_dir=cache_dir, progress=True)
-        timings = speed(graph, seed=seed, n_loo=None if graph == "karate" else 3)
-    return {**summarise(out), "speed": timings}
-
+        result = run(settings(quick=quick, graph=graph, dim=dim, seed=seed), cache_dir=cache_dir, progress=True)
+        result.details["speed"] = speed(graph, seed=seed, n_loo=None if graph == "karate" else 3)
+    return result

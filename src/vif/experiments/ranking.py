@@ -13,14 +13,11 @@ from __future__ import annotations
 
 import argparse
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
-from ..datasets.ranking import RankingData, load
 from ..fit import lbfgs, minibatch_adam
 from ..influence import influence
 from ..loo import leave_one_out
@@ -30,76 +27,13 @@ from ..solvers import CG, LiSSA, cholesky_solver
 from ..tasks import ranking
 from ..tasks.ranking_hessian import block_jacobi
 from ..threads import torch_threads
+from ._results import Comparison
+from ._setups import RankingSetup
+from ._setups import ranking_setup as setup
+from ._setups import ranking_sizes as sizes
 
 __all__ = ["METHODS", "RankingSetup", "sizes", "setup", "estimate", "exact_loo", "compare", "backends", "timings",
            "adam_refit", "add_arguments", "reproduce"]
-
-
-def sizes(dataset: str, quick: bool) -> dict[str, int]:
-    """Training and test queries, and the number of items whose removal is studied (``None``: all)."""
-    delicious = "delicious" in str(dataset)
-    if quick:
-        return dict(n_train=300 if delicious else 1000, n_test=100 if delicious else 200, n_units=6 if delicious else 20)
-    return dict(n_train=5000, n_test=500, n_units=50 if delicious else None)
-
-
-@dataclass
-class RankingSetup:
-    """A fitted linear scorer on one dataset with one loss.
-
-    Attributes:
-        data: the queries. loss, l2: the objective's loss and weight decay. objective: ``L(params, mask)``.
-        params: the full-data fit. target: mask-aware test losses ``(params, mask) -> (n_test,)``.
-        unmasked: test losses on the full lists ``params -> (n_test,)``. units: studied items ``(n_units,)``.
-        valid: bool ``(n_units, n_test)``, False where removing the unit empties the test query's relevant set.
-        fit_seconds: time of the full-data fit.
-    """
-
-    data: RankingData
-    loss: str
-    l2: float
-    task: ranking.ListwiseRanking
-    params: dict
-    target: Any
-    unmasked: Any
-    units: torch.Tensor
-    valid: np.ndarray
-    fit_seconds: float
-
-    @property
-    def objective(self) -> Any:
-        """``L(params, mask)`` of the task."""
-        return self.task.objective
-
-    @property
-    def key(self) -> str:
-        """Cache key naming the data and the configuration."""
-        d = self.data
-        return f"{d.name}-{d.X_train.shape[0]}x{d.n_items}-{self.loss}-l2={self.l2}"
-
-
-def setup(dataset: str, loss: str, *, quick: bool, seed: int = 0, l2: float = 5e-4, **size_overrides: int) -> RankingSetup:
-    """Load the data (synthetic by default), fit the scorer, build the targets and pick the items.
-
-    ``size_overrides`` replace entries of :func:`sizes` (``n_train``, ``n_test``, ``n_units``).
-    """
-    size = {**sizes(dataset, quick), **size_overrides}
-    data = load(dataset, n_train=size["n_train"], n_test=size["n_test"], seed=seed)
-    task = ranking.ListwiseRanking(data.X_train, data.Y_train, loss=loss, l2=l2)
-    start = time.perf_counter()
-    params = task.fit()
-    fit_seconds = time.perf_counter() - start
-    n_items = data.n_items
-    if size["n_units"] is None or size["n_units"] >= n_items:
-        units = torch.arange(n_items, device="cpu")
-    else:
-        order = torch.randperm(n_items, generator=torch.Generator().manual_seed(seed), device="cpu")
-        units = torch.sort(order[: size["n_units"]]).values
-    return RankingSetup(
-        data, loss, l2, task, params,
-        ranking.target(data.X_test, data.Y_test, loss=loss), ranking.target(data.X_test, data.Y_test, loss=loss, masked=False),
-        units, ~ranking.emptied_queries(data.Y_test, units.numpy()), fit_seconds,
-    )
 
 
 def estimate(s: RankingSetup, *, method: str = "vif", masked: bool = True, held_out: bool = False,
@@ -143,13 +77,16 @@ METHODS = ("VIF", "VIF-HO", "IF")
 def compare(
     s: RankingSetup, *, cache_dir: str | Path | None = None, progress: bool = True, unmasked: bool = True,
     hessian: torch.Tensor | None = None,
-) -> dict[str, Any]:
+) -> Comparison:
     """VIF, VIF-HO and IF against exact LOO, masked (and, if ``unmasked``, unmasked) targets.
 
-    Correlations are per test query (:func:`vif.metrics.correlations`). Seconds: ``hessian_seconds`` (closed
-    form, unless the caller passes the dense ``hessian`` it already built, and one Cholesky factor shared by
-    every estimate and the refits), ``vif_seconds`` and ``held_out_seconds`` (each including the shared
-    Hessian), ``loo_seconds`` (all exact refits; 0 when they come from the cache).
+    Returns a :class:`Comparison`: ``estimates`` ``"VIF"``, ``"VIF-HO"``, ``"IF"`` (and ``"VIF_unmasked"``,
+    ``"IF_unmasked"``) ``(n_units, n_test)``; ``truth`` ``"loo"`` and ``"loo_unmasked"``; ``correlations``: a
+    :class:`vif.metrics.Correlations` per estimate, per test query (the masked ones over ``s.valid``);
+    ``settings``: ``n_units``, ``n_excluded`` (invalid unit-query pairs). ``timings``: ``hessian`` (closed form,
+    unless the caller passes the dense ``hessian`` it already built, and one Cholesky factor shared by every
+    estimate and the refits), ``vif`` and ``held_out`` (each including the shared Hessian), ``loo`` (all exact
+    refits; 0 when they come from the cache) and ``fit``.
     """
     start = time.perf_counter()
     solver = cholesky_solver(s.task.hessian(s.params) if hessian is None else hessian)
@@ -161,21 +98,18 @@ def compare(
         seconds[name] = hessian_seconds + time.perf_counter() - start
     plain = {}
     if unmasked:  # VIF-HO holds the item's parameters fixed, which an unmasked target reads: not defined there
-        plain = {"VIF": estimate(s, masked=False, hessian=solver),
-                 "IF": estimate(s, method="if", masked=False, hessian=solver)}
+        plain = {"VIF_unmasked": estimate(s, masked=False, hessian=solver),
+                 "IF_unmasked": estimate(s, method="if", masked=False, hessian=solver)}
     start = time.perf_counter()
     actual, actual_unmasked = exact_loo(s, cache_dir=cache_dir, progress=progress, hessian=solver)
     loo_seconds = time.perf_counter() - start
-    result: dict[str, Any] = {"hessian_seconds": hessian_seconds, "vif_seconds": seconds["VIF"],
-                              "held_out_seconds": seconds["VIF-HO"], "loo_seconds": loo_seconds,
-                              "fit_seconds": s.fit_seconds, "n_units": len(s.units), "n_excluded": int((~s.valid).sum()),
-                              "predicted": predicted, "unmasked_predicted": plain,
-                              "actual": actual, "unmasked_actual": actual_unmasked}
-    for name in predicted:
-        result[name] = correlations(predicted[name], actual, valid=s.valid)
-    for name in plain:
-        result[f"{name}_unmasked"] = correlations(plain[name], actual_unmasked)
-    return result
+    scores = {name: correlations(values, actual, valid=s.valid) for name, values in predicted.items()}
+    scores |= {name: correlations(values, actual_unmasked) for name, values in plain.items()}
+    return Comparison(
+        settings={"n_units": len(s.units), "n_excluded": int((~s.valid).sum())},
+        estimates=predicted | plain, truth={"loo": actual, "loo_unmasked": actual_unmasked}, correlations=scores,
+        timings={"hessian": hessian_seconds, "vif": seconds["VIF"], "held_out": seconds["VIF-HO"],
+                 "loo": loo_seconds, "fit": s.fit_seconds}, setup=s)
 
 
 def backends(s: RankingSetup, *, max_iter: int = 200, tol: float = 1e-6) -> list[dict[str, Any]]:
@@ -274,20 +208,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def reproduce(*, quick: bool, seed: int, dataset: str = "mediamill-like", loss: str = "all",
-              cache_dir: str | None = None) -> dict:
-    """Correlations of VIF, VIF-HO and IF with exact LOO per loss (masked and unmasked targets), and seconds."""
+              cache_dir: str | None = None) -> Comparison:
+    """One part per loss (:func:`compare`: VIF, VIF-HO and IF against exact LOO, masked and unmasked targets)."""
     losses = ranking.LOSSES if loss == "all" else (loss,)
-    results: dict[str, Any] = {"dataset": dataset, "quick": quick, "seed": seed, "losses": {}}
+    parts = {}
     for name in losses:
         with torch_threads(1):
             s = setup(dataset, name, quick=quick, seed=seed)
-            outcome = compare(s, cache_dir=cache_dir, progress=False, unmasked=s.data.n_items < 500)
-        entry = {key: outcome[key] for key in ("hessian_seconds", "vif_seconds", "held_out_seconds", "loo_seconds",
-                                               "fit_seconds", "n_units", "n_excluded")}
-        for key in (*METHODS, "VIF_unmasked", "IF_unmasked"):
-            if key in outcome:
-                entry[key] = outcome[key].as_dict()
-        entry["n_params"] = s.data.n_items * (s.data.X_train.shape[1] + 1)
-        entry["n_train"], entry["n_test"], entry["synthetic"] = s.data.X_train.shape[0], s.data.X_test.shape[0], s.data.synthetic
-        results["losses"][name] = entry
-    return results
+            part = compare(s, cache_dir=cache_dir, progress=False, unmasked=s.data.n_items < 500)
+        part.settings |= {"loss": name, "n_params": s.data.n_items * (s.data.X_train.shape[1] + 1),
+                          "n_train": s.data.X_train.shape[0], "n_test": s.data.X_test.shape[0],
+                          "synthetic": s.data.synthetic}
+        parts[name] = part
+    return Comparison(settings={"dataset": dataset, "quick": quick, "seed": seed}, parts=parts)

@@ -30,7 +30,8 @@ from ..loo import leave_one_out
 from ..metrics import roc_auc
 from ..threads import torch_threads
 from ..trust import RECOMMENDED_THRESHOLD, trust
-from . import node_embedding
+from ._results import Comparison
+from ._setups import EmbeddingSetup, embedding_settings, embedding_setup
 
 __all__ = ["MLP", "mlp", "karate", "wrong_estimates", "validate", "add_arguments", "reproduce", "MODELS", "QUICK_UNITS"]
 
@@ -98,9 +99,9 @@ def mlp(*, n_train: int = 80, n_test: int = 40, hidden: int = 6, l2: float = 0.0
     return MLP(X[:n_train], y[:n_train], X[n_train:], y[n_train:], hidden, l2, seed)
 
 
-def karate(*, l2: float = 0.03, seed: int = 0) -> node_embedding.Setup:
+def karate(*, l2: float = 0.03, seed: int = 0) -> EmbeddingSetup:
     """The chapter's skip-gram on karate with a weak ``l2``."""
-    return node_embedding.setup(node_embedding.settings(quick=True, seed=seed, l2=l2, dampings=()))
+    return embedding_setup(embedding_settings(quick=True, seed=seed, l2=l2, dampings=()))
 
 
 def wrong_estimates(estimate: Any, actual: Any, valid: Any = None) -> np.ndarray:
@@ -126,9 +127,14 @@ def _mean_pearson(predicted: np.ndarray, actual: np.ndarray, valid: np.ndarray, 
 
 
 def validate(model: str, *, seed: int = 0, cache_dir=None, threshold: float = RECOMMENDED_THRESHOLD,
-             n_units: int | None = None) -> dict:
+             n_units: int | None = None) -> Comparison:
     """VIF, trust report and refits of one model; the indicator's AUC and the correlations (module notes).
 
+    Returns a :class:`Comparison`: ``estimates`` ``"vif"`` and ``"trust"`` (the report's own estimate) against
+    ``truth["loo"]``, ``(n_units, n_targets)``; ``correlations``: VIF's mean per-target Pearson with the refits
+    over ``"all"`` units, the ``"reliable"`` entries and the ``"unflagged"`` units; ``timings``: ``"vif"`` and
+    ``"trust"``; ``details``: the AUCs of the risk and of ``newton`` for the *wrong* label, the fractions
+    unreliable, flagged and wrong, the largest gap between the two estimates and ``cost_ratio`` (trust / VIF).
     ``n_units``: study only that many evenly spaced units (``None``: all; the chapter's QUICK mode).
     """
     if model == "mlp":
@@ -151,25 +157,30 @@ def validate(model: str, *, seed: int = 0, cache_dir=None, threshold: float = RE
     trust_seconds = time.perf_counter() - start
     actual = leave_one_out(task, params, target, units=options.get("units"), cache_dir=cache_dir, progress=False,
                            cache_key=f"trust-{model}-{seed}", target_takes_mask=options.get("target_takes_mask"))
-    estimate, actual = estimate.reshape(len(actual), -1).numpy(), actual.reshape(len(actual), -1).numpy()
+    n = len(actual)
+    estimates = {"vif": estimate.reshape(n, -1), "trust": report.estimate.reshape(n, -1)}
+    estimate, actual = estimates["vif"].numpy(), actual.reshape(n, -1)
+    truth = {"loo": actual}
+    actual = actual.numpy()
     valid = np.ones_like(actual, dtype=bool) if valid is None else valid.numpy()
     wrong = wrong_estimates(estimate, actual, valid)
-    risk = report.risk.reshape(len(actual), -1).numpy()
+    risk = report.risk.reshape(n, -1).numpy()
     newton = np.broadcast_to(report.newton.numpy()[:, None], actual.shape)
-    flagged, unreliable = report.flagged.numpy(), report.unreliable.reshape(len(actual), -1).numpy()
-    everything = np.ones(len(actual), dtype=bool)
-    return {
-        "model": model, "n_units": int(actual.shape[0]), "n_targets": int(actual.shape[1]),
-        "auc_risk": roc_auc(wrong[valid], risk[valid]), "auc_newton": roc_auc(wrong[valid], newton[valid]),
-        "pearson_all": _mean_pearson(estimate, actual, valid, everything),
-        "pearson_reliable": _mean_pearson(estimate, actual, valid & ~unreliable, everything),
-        "pearson_unflagged": _mean_pearson(estimate, actual, valid, ~flagged),
-        "fraction_unreliable": float(unreliable[valid].mean()), "fraction_flagged": float(flagged.mean()),
-        "fraction_wrong": float(wrong[valid].mean()),
-        "max_estimate_gap": float(np.abs(report.estimate.reshape(len(actual), -1).numpy() - estimate).max()),
-        "vif_seconds": vif_seconds, "trust_seconds": trust_seconds, "cost_ratio": trust_seconds / vif_seconds,
-        "threshold": threshold, "risk_threshold": report.risk_threshold,
-    }
+    flagged, unreliable = report.flagged.numpy(), report.unreliable.reshape(n, -1).numpy()
+    everything = np.ones(n, dtype=bool)
+    return Comparison(
+        settings={"model": model, "n_units": int(actual.shape[0]), "n_targets": int(actual.shape[1]),
+                  "threshold": threshold, "risk_threshold": report.risk_threshold},
+        estimates=estimates, truth=truth,
+        correlations={"all": _mean_pearson(estimate, actual, valid, everything),
+                      "reliable": _mean_pearson(estimate, actual, valid & ~unreliable, everything),
+                      "unflagged": _mean_pearson(estimate, actual, valid, ~flagged)},
+        timings={"vif": vif_seconds, "trust": trust_seconds},
+        details={"auc_risk": roc_auc(wrong[valid], risk[valid]), "auc_newton": roc_auc(wrong[valid], newton[valid]),
+                 "fraction_unreliable": float(unreliable[valid].mean()), "fraction_flagged": float(flagged.mean()),
+                 "fraction_wrong": float(wrong[valid].mean()),
+                 "max_estimate_gap": float(np.abs(estimates["trust"].numpy() - estimate).max()),
+                 "cost_ratio": trust_seconds / vif_seconds})
 
 
 def add_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
@@ -182,8 +193,9 @@ QUICK_UNITS = {"mlp": 20, "karate": 6}
 
 
 def reproduce(*, quick: bool, seed: int = 0, models=MODELS, threshold: float = RECOMMENDED_THRESHOLD,
-              cache_dir=None) -> dict:
-    """Validate the trust indicator on each model; ``quick`` studies :data:`QUICK_UNITS` units of each."""
+              cache_dir=None) -> Comparison:
+    """Validate the trust indicator on each model (one part each); ``quick`` studies :data:`QUICK_UNITS` units."""
     with torch_threads(1):
-        return {model: validate(model, seed=seed, cache_dir=cache_dir, threshold=threshold,
-                                n_units=QUICK_UNITS[model] if quick else None) for model in models}
+        parts = {model: validate(model, seed=seed, cache_dir=cache_dir, threshold=threshold,
+                                 n_units=QUICK_UNITS[model] if quick else None) for model in models}
+    return Comparison(settings={"models": list(models), "threshold": threshold, "seed": seed}, parts=parts)
