@@ -94,9 +94,6 @@ def test_lbfgs_newton_polishes_with_newton_only_up_to_the_dense_limit(monkeypatc
 
 def test_one_size_rule():
     assert vif.fit.NEWTON_LIMIT == vif.fit.DENSE_LIMIT // 3  # an eigendecomposition costs 27 Cholesky factorisations
-    from vif.tasks import neural_cox
-
-    assert neural_cox.minimise is vif.fit.lbfgs_newton
 
 
 def _failures():

@@ -105,8 +105,8 @@ def newton_steps(function: Callable[[torch.Tensor], torch.Tensor], theta: torch.
         theta, value = candidate, new_value
     raise ConvergenceError(
         f"Newton did not converge in {max_iter} iterations: max|grad| = {norm:.3e} > gtol = {gtol:.1e}. "
-        "Increase max_iter (where the task's fit calls vif.fit.newton); if the parameters keep growing the minimum may not exist (e.g. separable data): "
-        "add an L2 penalty." + precision_hint(theta.dtype, gtol)
+        "Increase max_iter (where the task's fit calls vif.fit.newton); if the parameters keep growing the "
+        "minimum may not exist (e.g. separable data): add an L2 penalty." + precision_hint(theta.dtype, gtol)
     )
 
 

@@ -16,7 +16,6 @@ from torch.func import grad, jacrev, jvp, vmap
 from .errors import InputError, NonFiniteError, VIFError
 from .params import Params, check_finite, flatten
 from .removals import Removals
-from .target import takes_mask  # noqa: F401 (until experiments.groups imports it from vif.target)
 
 __all__ = ["Problem", "TaskHooks", "resolve_task"]
 

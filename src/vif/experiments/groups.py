@@ -33,7 +33,7 @@ from ..forward import forward_influence
 from ..influence import influence
 from ..loo import leave_one_out
 from ..metrics import correlations, lds
-from ..problem import takes_mask
+from ..target import takes_mask
 from ..threads import torch_threads
 from ._results import Comparison
 from ._setups import cox_setup, embedding_settings, embedding_setup, ranking_setup

@@ -30,14 +30,14 @@ import numpy as np
 import torch
 
 from ..datasets.survival import load_support, split
-from ..fit import DENSE_LIMIT
+from ..fit import DENSE_LIMIT, lbfgs_newton
 from ..influence import influence, parameter_influence
 from ..loo import leave_one_out
 from ..metrics import correlations, relative_error
 from ..params import flatten
 from ..solvers import CG, Exact, LiSSA, cholesky_solver
 from ..tasks.cox import negative_log_partial_likelihood, prepare
-from ..tasks.neural_cox import NeuralCox, minimise, pbrf_objective
+from ..tasks.neural_cox import NeuralCox, pbrf_objective
 from ..threads import torch_threads
 from ._results import Comparison
 
@@ -154,7 +154,7 @@ def ground_truth(m: Model, kind: str, units: list[int] | None = None, cache: Pat
         solve = cholesky_solver(task.gauss_newton(params)(torch.eye(theta.numel(), dtype=theta.dtype, device=theta.device)))
 
         def fit(mask: torch.Tensor, init: Any) -> Any:
-            return minimise(objective, dict(params), mask, gtol=m.settings.gtol, preconditioner=solve)
+            return lbfgs_newton(objective, dict(params), mask, gtol=m.settings.gtol, preconditioner=solve)
     elif kind in ("warm", "cold"):
         fit, objective = task.fit, task.objective  # type: ignore[assignment]
     else:

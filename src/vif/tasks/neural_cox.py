@@ -34,7 +34,6 @@ from .cox import TIES, CoxData, negative_log_partial_likelihood, prepare
 
 __all__ = ["mlp", "NeuralCox", "pbrf_objective"]
 
-minimise = lbfgs_newton  # the fit of every NeuralCox; vif.experiments.neural_cox imports it by this name
 
 
 def mlp(n_inputs: int, hidden: Sequence[int], *, seed: int = 0, activation: str = "tanh") -> torch.nn.Module:
