@@ -47,29 +47,29 @@ class Interrupted(Exception):
 
 
 def test_resumes_from_the_cache_after_an_interruption(tmp_path):
-    calls, interrupted = [], []
+    _calls, _interrupted = [], []  # private names: bookkeeping, not part of the cache key
 
     def failing_fit(mask, init=None):
         unit = int((mask == 0).nonzero())
-        calls.append(unit)
-        if unit == 7 and not interrupted:
-            interrupted.append(unit)
-            raise Interrupted  # the first run is interrupted at unit 7
+        _calls.append(unit)
+        if unit == 7 and not _interrupted:
+            _interrupted.append(unit)
+            raise Interrupted  # the first run is _interrupted at unit 7
         return fit(mask, init)
 
     with pytest.raises(vif.errors.RefitError, match="without unit 7 failed"):
         vif.leave_one_out(failing_fit, BETA, target, n_units=N, cache_dir=tmp_path, progress=False,
                           objective=objective)
-    assert calls == list(range(8))
-    calls.clear()
+    assert _calls == list(range(8))
+    _calls.clear()
     resumed = vif.leave_one_out(failing_fit, BETA, target, n_units=N, cache_dir=tmp_path, progress=False,
                                 objective=objective)
-    assert calls == list(range(7, N))  # units 0-6 came from the cache
+    assert _calls == list(range(7, N))  # units 0-6 came from the cache
     assert torch.allclose(resumed, _by_hand(), atol=1e-12)
-    calls.clear()
+    _calls.clear()
     again = vif.leave_one_out(failing_fit, BETA, target, n_units=N, cache_dir=tmp_path, progress=False,
                               objective=objective)
-    assert calls == [] and torch.equal(again, resumed)
+    assert _calls == [] and torch.equal(again, resumed)
     saved = torch.load(next(tmp_path.glob("loo-*/unit-000008.pt")), weights_only=True)
     assert saved["meta"]["units"] == [8] and saved["meta"]["grad_norm"] < 1e-10
 
@@ -209,7 +209,7 @@ def test_a_fit_with_a_nested_function_keeps_its_cache_identity_across_processes(
                 return value + 1
             return inner(init)
     '''))
-    script = "import fit_module; from vif.loo import _fit_identity; print(_fit_identity(fit_module.fit)['code'])"
+    script = "import fit_module; from vif._loo_cache import fit_identity; print(fit_identity(fit_module.fit)['code'])"
     digests = {subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True,
                               check=True).stdout.strip() for _ in range(2)}
     assert len(digests) == 1 and "" not in digests, digests

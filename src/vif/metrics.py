@@ -48,16 +48,29 @@ class Correlations:
                 "n_constant": self.n_constant, "n_excluded": self.n_excluded}
 
 
-def _to_numpy(values: torch.Tensor | np.ndarray, name: str) -> np.ndarray:
+def _to_numpy(values: torch.Tensor | np.ndarray, name: str, finite: bool = True) -> np.ndarray:
     array = values.detach().cpu().numpy() if isinstance(values, torch.Tensor) else np.asarray(values)
     array = np.asarray(array, dtype=np.float64)
     if array.ndim == 1:
         array = array[:, None]
     if array.ndim != 2:
         raise InputError(f"{name} must have shape (n_units,) or (n_units, n_targets), got {array.shape}.")
-    if not np.isfinite(array).all():
+    if finite and not np.isfinite(array).all():
         raise InputError(f"{name} has NaN or inf entries; mark undefined entries with valid= instead.")
     return array
+
+
+def _valid(valid: torch.Tensor | np.ndarray | None, shape: tuple[int, int]) -> np.ndarray:
+    """``valid`` as a bool array of ``shape``: the same shape (or as many entries), or one flag per row."""
+    if valid is None:
+        return np.ones(shape, dtype=bool)
+    keep = np.asarray(valid.detach().cpu().numpy() if isinstance(valid, torch.Tensor) else valid, dtype=bool)
+    if keep.ndim == 1 and keep.shape[0] == shape[0]:
+        return np.broadcast_to(keep[:, None], shape)  # e.g. ~failed from leave_one_out(..., on_error="skip")
+    if keep.size == shape[0] * shape[1]:
+        return keep.reshape(shape)
+    raise InputError(f"valid has shape {keep.shape}; it must match predicted and actual {shape} or have one entry "
+                     f"per row ({shape[0]},), e.g. valid=~failed from leave_one_out(..., on_error='skip').")
 
 
 def _pearson(x: np.ndarray, y: np.ndarray) -> float:
@@ -82,7 +95,8 @@ def correlations(
     Args:
         predicted: ``(n_units,)`` or ``(n_units, n_targets)`` predicted changes (e.g. :func:`vif.influence`).
         actual: same shape, actual changes (e.g. :func:`vif.leave_one_out`).
-        valid: optional boolean array of the same shape; ``False`` entries are excluded.
+        valid: optional boolean array of the same shape, or one flag per row ``(n_units,)`` (e.g. ``~failed`` from
+            :func:`vif.leave_one_out` with ``on_error="skip"``); ``False`` entries are excluded and may be NaN.
         across: ``"units"`` (one correlation per target, across units: the paper's metric) or
             ``"targets"`` (one per unit, across targets).
 
@@ -90,13 +104,19 @@ def correlations(
         :class:`Correlations`.
 
     Raises:
-        InputError: mismatched shapes, non-finite entries, or an unknown ``across``.
+        InputError: mismatched shapes, non-finite entries where ``valid`` is ``True``, or an unknown ``across``.
     """
-    x, y = _to_numpy(predicted, "predicted"), _to_numpy(actual, "actual")
+    x, y = _to_numpy(predicted, "predicted", finite=False), _to_numpy(actual, "actual", finite=False)
     if x.shape != y.shape:
         raise InputError(f"predicted has shape {x.shape} but actual has {y.shape}; they must match.")
-    keep = np.ones_like(x, dtype=bool) if valid is None else np.asarray(
-        valid.cpu().numpy() if isinstance(valid, torch.Tensor) else valid, dtype=bool).reshape(x.shape)
+    keep = _valid(valid, x.shape)
+    for name, values in (("predicted", x), ("actual", y)):
+        bad = ~np.isfinite(values) & keep
+        if bad.any():
+            row = int(np.argwhere(bad)[0][0])
+            raise InputError(f"{name} has {int(bad.sum())} NaN or inf entries outside valid= (first in row {row}); "
+                             "mark undefined entries with valid= (e.g. valid=~failed for leave_one_out's skipped "
+                             "refits).")
     if across == "targets":
         x, y, keep = x.T, y.T, keep.T
     elif across != "units":
@@ -176,11 +196,26 @@ def ndcg(S: torch.Tensor, relevance: torch.Tensor, mask: torch.Tensor | None = N
 def roc_auc(labels: torch.Tensor | np.ndarray, scores: torch.Tensor | np.ndarray) -> float:
     """ROC AUC of ``scores`` for boolean ``labels`` (same shape, flattened): P(score of a positive > a negative).
 
+    Args:
+        labels: the first argument: bool or 0/1 (which estimates are wrong, which removals change basin).
+        scores: the second argument: any finite numbers (the risk, the indicator).
+
     Ties count one half (average ranks). Returns ``nan`` when every label is the same (the AUC is undefined),
     e.g. an indicator validated on a run in which no removal changed basin.
+
+    Raises:
+        InputError: labels other than 0/1 or bool (e.g. scores passed first), non-finite values, or sizes that
+            differ.
     """
-    y = _to_numpy(labels, "labels").reshape(-1).astype(bool)
-    s = _to_numpy(scores, "scores").reshape(-1).astype(float)
+    raw = labels.detach().cpu().numpy() if isinstance(labels, torch.Tensor) else np.asarray(labels)
+    values = _to_numpy(raw, "labels (the first argument)").reshape(-1)
+    if raw.dtype != bool and not np.isin(values, (0.0, 1.0)).all():
+        seen = np.unique(values)
+        raise InputError(f"labels (the first argument) must be bool or 0/1, got {raw.dtype} values such as "
+                         f"{seen[:4].tolist()} ({len(seen)} distinct). Call roc_auc(labels, scores): were the "
+                         "scores passed first?")
+    y = values.astype(bool)
+    s = _to_numpy(scores, "scores (the second argument)").reshape(-1)
     if y.shape != s.shape:
         raise InputError(f"labels and scores must have the same number of entries, got {y.size} and {s.size}.")
     positives, negatives = int(y.sum()), int((~y).sum())

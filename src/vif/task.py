@@ -31,7 +31,11 @@ class Task(Protocol):
           ones), started from ``init`` (warm start) or from the task's own seeded cold start (``None``). It
           raises :class:`vif.errors.ConvergenceError` when it does not converge.
         * ``gtol`` (optional): the largest ``max|grad|`` that ``fit`` accepts; :func:`vif.leave_one_out`
-          records each refit's gradient norm against it.
+          refuses a refit above it (``RefitError``, or marked failed with ``on_error="skip"``) and keys its
+          cache on it. Without it a refit is judged by the stationarity rule of :mod:`vif.checks`.
+        * Data and settings live in public attributes or dataclass fields: the leave-one-out cache key hashes
+          them (tensors, arrays, numbers, nested configs); private ``_name`` attributes are taken for caches
+          (a factorised Hessian) and are not hashed.
         * ``mask_gradient_differences(params, masks) -> (k, n_params)`` (optional fast path): the flat
           ``grad L(params, masks[j]) - grad L(params, 1)`` for a block of masks ``(k, n_units)``, in the order
           of :func:`vif.params.flatten`. When a task has it, :func:`vif.influence` (``method="vif"``) uses it
