@@ -158,13 +158,15 @@ def test_targets():
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        ({"time": np.r_[0.0, np.ones(3)]}, "non-positive"),
+        ({"time": np.r_[-1.0, np.ones(3)]}, "1 negative entries \\(the first -1\\)"),
         ({"event": np.zeros(4)}, "at least one observed event"),
         ({"event": np.r_[2.0, np.ones(3)]}, "0 \\(censored\\) or 1"),
         ({"X": np.c_[np.r_[np.nan, np.ones(3)], np.ones(4)]}, "NaN or infinite"),
         ({"time": np.ones(3)}, "shape \\(4,\\)"),
         ({"ties": "exact"}, "ties must be one of"),
-        ({"l2": -1.0}, "l2 must be >= 0"),
+        ({"l2": -1.0}, "l2 \\(the L2 penalty\\) must be a finite number >= 0, got -1.0"),
+        ({"l2": float("nan")}, "l2 \\(the L2 penalty\\) must be a finite number >= 0, got nan"),
+        ({"l2": float("inf")}, "must be a finite number >= 0, got inf"),
     ],
 )
 def test_bad_input_is_named(kwargs, match):
@@ -195,3 +197,31 @@ def test_l2_is_on_the_summed_objective():
     plain = cox.objective(frame[["x"]], frame["t"], frame["e"])
     beta, ones = torch.tensor([0.7], dtype=torch.float64), torch.ones(4, dtype=torch.float64)
     torch.testing.assert_close(loss(beta, ones) - plain(beta, ones), torch.tensor(1.5 * 0.49, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("ties", cox.TIES)
+def test_zero_follow_up_times_are_accepted_and_match_lifelines(ties):
+    """Only the order of the times enters the partial likelihood: a time of 0 is at risk at every event."""
+    frame = load_rossi()
+    frame.loc[frame.index[:12], "week"] = 0.0  # tied zeros, some with events
+    frame.loc[frame.index[:3], "arrest"] = 1
+    x = frame.drop(columns=["week", "arrest"]).to_numpy(float)
+    reference = CoxPHFitter().fit(frame, "week", "arrest", fit_options={"precision": 1e-12})
+    beta = cox.fit(x, frame["week"], frame["arrest"], ties=ties)
+    if ties == "efron":  # lifelines fits Efron's ties
+        np.testing.assert_allclose(beta.numpy(), reference.params_.to_numpy(), rtol=1e-6)
+        loglik = cox.log_partial_likelihood(x, frame["week"], frame["arrest"], ties="efron")(beta)
+        assert abs(float(loglik) - reference.log_likelihood_) < 1e-8 * abs(reference.log_likelihood_)
+    else:  # Breslow: the zeros form one tie group, so shifting every time by 1 changes nothing
+        torch.testing.assert_close(beta, cox.fit(x, frame["week"] + 1.0, frame["arrest"], ties="breslow"))
+
+
+def test_survival_fields_of_a_structured_array_are_accepted():
+    """scikit-survival's ``y`` is a structured array; its fields are strided views torch cannot wrap directly."""
+    frame, x, time, event = _rossi()
+    y = np.empty(len(time), dtype=[("event", bool), ("time", np.float64)])
+    y["event"], y["time"] = event.astype(bool), time
+    records = np.empty(len(time), dtype=[("x", np.float64, (x.shape[1],)), ("pad", np.int8)])
+    records["x"] = x
+    beta = cox.fit(records["x"], y["time"], y["event"], ties="efron")
+    torch.testing.assert_close(beta, cox.fit(x, time, event, ties="efron"), rtol=0, atol=0)

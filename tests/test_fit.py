@@ -35,3 +35,33 @@ def test_a_zero_mask_entry_equals_deleting_the_row():
     masked = logistic.fit(X, y, mask=mask)
     deleted = logistic.fit(X[keep], y[keep])
     assert torch.allclose(masked["weight"], deleted["weight"], atol=1e-10)
+
+
+def _l2_builders():
+    from vif.datasets.graphs import karate
+    from vif.tasks import cox, embedding, pairwise, ranking
+
+    X = torch.randn(6, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    y = torch.tensor([0.0, 1.0, 0.0, 1.0, 1.0, 0.0], dtype=torch.float64)
+    relevance = torch.tensor([[1.0, 0.0, 1.0], [0.0, 1.0, 1.0]], dtype=torch.float64)
+    return dict((
+        ("logistic", lambda l2: logistic.LogisticRegression(X, y, l2=l2)),
+        ("logistic.fit", lambda l2: logistic.fit(X, y, l2=l2)),
+        ("pairwise", lambda l2: pairwise.objective(X, y, l2=l2)),
+        ("cox", lambda l2: cox.CoxRegression(X, torch.arange(1.0, 7.0, dtype=torch.float64), y, l2=l2)),
+        ("ranking", lambda l2: ranking.objective(torch.randn(2, 2, dtype=torch.float64), relevance, l2=l2)),
+        ("embedding", lambda l2: embedding.objective(karate(), l2=l2)),
+    ))
+
+
+def test_l2_must_be_a_finite_non_negative_number_in_every_task():
+    """``--l2 nan`` used to surface as a non-finite objective 'at the start point' (issue 21, class 9)."""
+    import pytest
+
+    from vif.errors import InputError
+
+    for name, build in _l2_builders().items():
+        for bad in (float("nan"), float("inf"), -0.5):
+            with pytest.raises(InputError, match=r"l2 \(the L2 penalty\) must be a finite number >= 0, got"):
+                build(bad)
+        assert build(0.5) is not None, name  # a valid penalty builds

@@ -143,3 +143,31 @@ def test_a_diverging_chord_raises_and_bad_options_are_refused():
         vif.fit.preconditioned_lbfgs(objective, start, ones, preconditioner=lambda g: g, refresh=0)
     with pytest.raises(InputError, match="mask must be a 1-D float tensor"):
         vif.fit.chord_newton(objective, start, torch.ones(1, dtype=torch.long))
+
+
+def _float32_logistic(n=40):
+    generator = torch.Generator().manual_seed(1)
+    X = torch.randn(n, 3, generator=generator, dtype=torch.float64)
+    y = (X[:, 0] + 0.5 * torch.randn(n, generator=generator, dtype=torch.float64) > 0).to(torch.float64)
+
+    def objective(w, mask):
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(X.to(w.dtype) @ w, y.to(w.dtype), reduction="none")
+        return (mask * loss).sum() + 0.5 * (w * w).sum()
+
+    return objective, torch.ones(n, dtype=torch.float32)
+
+
+def test_saddle_free_newton_at_its_float32_default_polishes_to_the_rounding_floor():
+    """At gtol = 1e-4 L-BFGS used to stop far above float32's floor: 1.4e-5 from the float64 minimiser."""
+    objective, ones = _float32_logistic()
+    exact = vif.fit.newton(objective, torch.zeros(3, dtype=torch.float64), ones.double(), gtol=1e-12)
+    fitted = vif.fit.saddle_free_newton(objective, torch.zeros(3, dtype=torch.float32), ones)
+    assert fitted.dtype == torch.float32
+    torch.testing.assert_close(fitted.double(), exact, rtol=0, atol=1e-6)
+
+
+def test_saddle_free_newton_out_of_float32_reach_names_the_precision_first():
+    objective, ones = _float32_logistic()
+    with pytest.raises(ConvergenceError, match=r"^fit stopped at the rounding floor of torch.float32: max\|grad\| = "
+                                               r"\S+ > gtol = 1e-12 .*fit in float64, or use gtol >= 1e-04"):
+        vif.fit.saddle_free_newton(objective, torch.zeros(3, dtype=torch.float32), ones, gtol=1e-12)

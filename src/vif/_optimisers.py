@@ -72,14 +72,59 @@ def _damped_newton_step(matrix: torch.Tensor, gradient: torch.Tensor) -> torch.T
         mu = floor if mu == 0.0 else 10.0 * mu
 
 
+RUN_OFF_STEPS = 3
+"""Aligned, non-contracting Newton steps in a row that :func:`run_off` reads as a coefficient running off."""
+
+
+def run_off(steps: list[torch.Tensor], theta: torch.Tensor) -> int | None:
+    """The coordinate that runs off to infinity along the last Newton ``steps``, or ``None`` (a finite minimiser).
+
+    Near a strict minimum Newton's steps contract quadratically. Where the objective has no finite minimiser
+    (monotone likelihood in Cox regression, separable data in logistic regression) it decreases towards its
+    infimum along a direction of vanishing curvature: each step moves the parameters by about the same
+    amount in the same direction while the gradient shrinks geometrically, so a gradient tolerance is met
+    far from any minimiser. Read as run-off: the last :data:`RUN_OFF_STEPS` steps each at least a fifth of
+    the one before, pairwise cosine above 0.9, and the last one's largest entry above ``1e-3 max(1,
+    max|theta|)``. Cost: a few vector norms (the steps are kept anyway).
+    """
+    if len(steps) < RUN_OFF_STEPS:
+        return None
+    last = steps[-RUN_OFF_STEPS:]
+    for before, after in zip(last, last[1:]):
+        size, previous = float(after.norm()), float(before.norm())
+        if not (size >= 0.2 * previous > 0 and float(after @ before) >= 0.9 * size * previous):
+            return None
+    if float(last[-1].abs().max()) < 1e-3 * max(1.0, float(theta.abs().max())):
+        return None
+    return int(last[-1].abs().argmax())
+
+
+def no_finite_minimiser(coordinate: int, theta: torch.Tensor, steps: list[torch.Tensor], norm: float) -> str:
+    """The message of a fit whose parameters run off (see :func:`run_off`); it starts "no finite minimiser:"."""
+    moved = float(sum(step[coordinate] for step in steps[-RUN_OFF_STEPS:]))
+    return (f"no finite minimiser: coefficient {coordinate} runs off along a direction of vanishing curvature "
+            f"(now {float(theta[coordinate]):.3g}, moved {moved:+.3g} over the last {RUN_OFF_STEPS} Newton steps "
+            f"while max|grad| fell to {norm:.1e}); the objective decreases towards its infimum at infinity. A "
+            "covariate level may have no events after the removal (Cox: monotone likelihood) or the data are "
+            "separable (logistic): add an L2 penalty or drop the covariate.")
+
+
 def newton_steps(function: Callable[[torch.Tensor], torch.Tensor], theta: torch.Tensor, *, gtol: float,
                  max_iter: int) -> torch.Tensor:
-    """At most ``max_iter`` damped Newton steps with Armijo backtracking (see :func:`vif.fit.newton`)."""
+    """At most ``max_iter`` damped Newton steps with Armijo backtracking (see :func:`vif.fit.newton`).
+
+    Raises ``ConvergenceError`` starting "no finite minimiser:" when the parameters run off (:func:`run_off`)
+    at convergence or at a stall.
+    """
     gradient_of = grad(function)
     value = function(theta)
+    steps: list[torch.Tensor] = []
     for iteration in range(max_iter + 1):
         gradient = check_finite(gradient_of(theta), "the gradient during the Newton fit")
         norm = float(gradient.abs().max())
+        coordinate = run_off(steps, theta)
+        if coordinate is not None and norm <= gtol:
+            raise ConvergenceError(no_finite_minimiser(coordinate, theta, steps, norm))
         if norm <= gtol:
             return theta
         if iteration == max_iter:
@@ -96,12 +141,16 @@ def newton_steps(function: Callable[[torch.Tensor], torch.Tensor], theta: torch.
                 break
             size *= 0.5
         else:
+            coordinate = run_off(steps, theta)
+            if coordinate is not None:
+                raise ConvergenceError(no_finite_minimiser(coordinate, theta, steps, norm))
             raise ConvergenceError(
                 f"Newton stalled at iteration {iteration}: no step along the Newton direction decreases the "
                 f"objective, max|grad| = {norm:.3e} > gtol = {gtol:.1e}. This is the floating-point floor "
                 "of the objective: use float64, loosen gtol, or check the objective's gradient."
                 + precision_hint(theta.dtype, gtol)
             )
+        steps = (steps + [(candidate - theta).detach()])[-RUN_OFF_STEPS:]
         theta, value = candidate, new_value
     raise ConvergenceError(
         f"Newton did not converge in {max_iter} iterations: max|grad| = {norm:.3e} > gtol = {gtol:.1e}. "
@@ -182,12 +231,29 @@ def abs_pinv(function: Callable[[torch.Tensor], torch.Tensor], theta: torch.Tens
 
 def saddle_free_polish(function: Callable[[torch.Tensor], torch.Tensor], theta: torch.Tensor, gtol: float, steps: int,
                        lbfgs_iterations: int) -> torch.Tensor:
-    """At most ``steps`` pseudo-inverse ``|H|`` Newton steps with backtracking, to ``max|grad| <= gtol``."""
+    """At most ``steps`` pseudo-inverse ``|H|`` Newton steps with backtracking, to ``max|grad| <= gtol``.
+
+    Below float64 (float32's default ``gtol = 1e-4`` is met far above its rounding floor, which is where
+    L-BFGS stops) the steps go on past ``gtol`` while each at least halves ``max|grad|``, and stop at the
+    floor: three steps in a row that do not. The best iterate is returned; an error at the floor names the
+    precision first. Cost in float32: the one or two more eigendecompositions that quadratic convergence needs.
+    """
     gradient = grad(function)
+    low_precision = theta.dtype != torch.float64
+    best, best_norm, stalled, taken = theta, float("inf"), 0, 0
     for _ in range(steps):
         g = check_finite(gradient(theta), "the gradient during the Newton polish")
-        if float(g.abs().max()) <= gtol:
-            return theta
+        norm = float(g.abs().max())
+        if norm <= 0.5 * best_norm:
+            stalled = 0
+        else:
+            stalled += 1
+        if norm < best_norm:
+            best, best_norm = theta, norm
+        if norm <= gtol and not (low_precision and stalled == 0):
+            return best if low_precision else theta
+        if low_precision and stalled >= 3:
+            break
         vectors, values = abs_eigenpairs(hessian_matrix(function, theta))
         step = -vectors @ ((vectors.T @ g) / values)
         value, rate = function(theta), 1.0
@@ -195,13 +261,24 @@ def saddle_free_polish(function: Callable[[torch.Tensor], torch.Tensor], theta: 
         while rate > 1e-10 and not (float(function(theta + rate * step))
                                     <= float(value + 1e-4 * rate * (g @ step)) + rounding):
             rate *= 0.5
-        theta = theta + rate * step
+        theta, taken = theta + rate * step, taken + 1
+    if low_precision:
+        final = float(gradient(theta).abs().max())
+        theta = theta if final < best_norm else best
     g_max = float(gradient(theta).abs().max())
     if g_max > gtol:
+        where = f"after {lbfgs_iterations} L-BFGS iterations and {taken} Newton steps"
+        if low_precision:
+            raise ConvergenceError(
+                f"fit stopped at the rounding floor of {theta.dtype}: max|grad| = {g_max:.2e} > gtol = {gtol:.0e} "
+                f"{where}, and the Newton steps no longer reduce it. {theta.dtype} resolves the objective to about "
+                f"eps = {torch.finfo(theta.dtype).eps:.1e} of its size: fit in float64, or use gtol >= "
+                f"{default_gtol('saddle_free_newton', theta.dtype):.0e} (the {theta.dtype} default). If the gradient "
+                "is far above that floor, raise the L2 penalty, max_iter or newton_steps."
+            )
         raise ConvergenceError(
-            f"fit stopped with max|grad| = {g_max:.2e} > gtol = {gtol:.0e} after {lbfgs_iterations} L-BFGS iterations "
-            f"and {steps} Newton steps; raise the L2 penalty (a flatter loss converges slowly), max_iter or "
-            "newton_steps, or loosen gtol." + precision_hint(theta.dtype, gtol)
+            f"fit stopped with max|grad| = {g_max:.2e} > gtol = {gtol:.0e} {where}; raise the L2 penalty (a flatter "
+            "loss converges slowly), max_iter or newton_steps, or loosen gtol."
         )
     return theta
 

@@ -84,7 +84,18 @@ def newton(
     Raises:
         ConvergenceError: ``max|grad| > gtol`` after ``max_iter`` steps or when no step decreases the
             objective; the message gives the iterations and gradient norm (and names float32 as the likely
-            cause when the parameters are float32).
+            cause when the parameters are float32). Also when the problem has **no finite minimiser**: the
+            message starts "no finite minimiser:" and names the coordinate (:func:`vif.params.flatten` order)
+            that runs off.
+
+    Notes:
+        Run-off (monotone likelihood in Cox regression, e.g. a covariate level left with no events by a
+        removal; separable data in logistic regression without penalty): the objective decreases towards an
+        infimum at infinity along a direction of vanishing curvature, so the gradient test passes far from
+        any minimiser. It is read from the last three Newton steps (``vif._optimisers.run_off``): each at
+        least a fifth of the one before, pairwise cosine above 0.9 and the last one's largest entry above
+        ``1e-3 max(1, max|theta|)``, where a strict minimum's steps contract quadratically. Cost: a few norms
+        of steps already computed.
     """
     theta, unflatten, function = flat_objective(objective, init, mask)
     gtol = default_gtol("newton", theta.dtype) if gtol is None else gtol
@@ -272,13 +283,16 @@ def saddle_free_newton(objective: Callable, init: Params, mask: torch.Tensor, *,
         The minimiser with the structure of ``init``, detached.
 
     Raises:
-        ConvergenceError: ``max |grad| > gtol`` at the end; the message gives the L-BFGS iterations.
+        ConvergenceError: ``max |grad| > gtol`` at the end; the message gives the L-BFGS iterations, and
+            below float64 says first when the gradient stopped at the dtype's rounding floor.
 
     Notes:
         L-BFGS alone crawls along shallow directions. Each polish step is ``-sum_j (g . e_j / |lambda_j|) e_j``
         over the Hessian's eigenpairs with ``|lambda_j|`` above ``1e-9 * max |lambda|``: a pseudo-inverse, so
         flat directions are left alone, and the absolute value turns negative curvature (a saddle) into
-        descent; a backtracking line search follows.
+        descent; a backtracking line search follows. Below float64 the polish also runs past ``gtol`` while
+        each step at least halves ``max|grad|`` (float32's default ``1e-4`` is met far above its floor, where
+        L-BFGS alone would stop): one or two more eigendecompositions, and the best iterate is returned.
     """
     theta, unflatten, function = flat_objective(objective, init, mask)
     gtol = default_gtol("saddle_free_newton", theta.dtype) if gtol is None else gtol

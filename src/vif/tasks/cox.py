@@ -33,6 +33,7 @@ import torch
 from ..errors import InputError
 from ..fit import newton
 from ..params import check_mask
+from ._penalty import check_l2
 from .cox_gradients import CoxGradients
 
 TIES = ("breslow", "efron")
@@ -70,7 +71,8 @@ class CoxData:
 def _as_tensor(value: Any, name: str, dtype: torch.dtype | None) -> torch.Tensor:
     if hasattr(value, "to_numpy"):
         value = value.to_numpy()
-    tensor = torch.as_tensor(np.asarray(value) if not isinstance(value, torch.Tensor) else value)
+    # a field of a numpy structured array (``y["time"]``) is a strided view torch cannot wrap: copy it contiguous
+    tensor = torch.as_tensor(np.ascontiguousarray(value) if not isinstance(value, torch.Tensor) else value)
     if dtype is not None:
         tensor = tensor.to(dtype)
     if not bool(torch.isfinite(tensor).all()):
@@ -83,11 +85,13 @@ def prepare(X: Any, time: Any, event: Any) -> CoxData:
 
     Args:
         X: covariates, array-like ``(n, p)`` (a float tensor keeps its dtype; anything else becomes float64).
-        time: follow-up times, array-like ``(n,)``, finite and positive.
+        time: follow-up times, array-like ``(n,)``, finite and ``>= 0``. Only their order enters the partial
+            likelihood, so a time of 0 is accepted (as lifelines and scikit-survival do): such a patient is at
+            risk at every event time and ties with the other zeros.
         event: event indicators, array-like ``(n,)`` with values 0 (censored) or 1 (event).
 
     Raises:
-        InputError: wrong shapes, non-finite values, non-positive times, events not 0/1, or no event.
+        InputError: wrong shapes, non-finite values, negative times, events not 0/1, or no event.
     """
     dtype = X.dtype if isinstance(X, torch.Tensor) and X.is_floating_point() else torch.float64
     x = _as_tensor(X, "X", dtype)
@@ -99,8 +103,9 @@ def prepare(X: Any, time: Any, event: Any) -> CoxData:
     for name, value in (("time", t), ("event", d)):
         if value.shape != (n,):
             raise InputError(f"{name} must have shape ({n},) to match X, got {tuple(value.shape)}.")
-    if bool((t <= 0).any()):
-        raise InputError(f"time has {int((t <= 0).sum())} non-positive entries; survival times must be > 0.")
+    if bool((t < 0).any()):
+        raise InputError(f"time has {int((t < 0).sum())} negative entries (the first {float(t[t < 0][0]):g}); "
+                         "follow-up times must be >= 0: check the time origin.")
     if not bool(((d == 0) | (d == 1)).all()):
         raise InputError("event must be 0 (censored) or 1 (event); convert booleans or codes first.")
     if not bool((d == 1).any()):
@@ -153,7 +158,7 @@ def objective(X: Any, time: Any, event: Any, *, ties: str = "breslow", l2: float
     """Build the masked Cox objective ``objective(beta, mask) -> scalar`` for the engine.
 
     Args:
-        X: covariates ``(n, p)``; time: ``(n,)`` positive; event: ``(n,)`` 0/1 (see :func:`prepare`).
+        X: covariates ``(n, p)``; time: ``(n,)`` non-negative; event: ``(n,)`` 0/1 (see :func:`prepare`).
         ties: ``"breslow"`` or ``"efron"`` (weighted Efron, see the module docstring).
         l2: ridge penalty, adds ``l2 / 2 * ||beta||^2`` to the **summed** negative partial log-likelihood.
 
@@ -163,12 +168,11 @@ def objective(X: Any, time: Any, event: Any, *, ties: str = "breslow", l2: float
         once, risk sets by reverse cumulative sums; vmap-compatible over ``mask``.
 
     Raises:
-        InputError: bad data (see :func:`prepare`), unknown ``ties`` or negative ``l2``.
+        InputError: bad data (see :func:`prepare`), unknown ``ties``, or ``l2`` negative, NaN or infinite.
     """
     if ties not in TIES:
         raise InputError(f"ties must be one of {TIES}, got {ties!r}.")
-    if l2 < 0:
-        raise InputError(f"l2 must be >= 0, got {l2}.")
+    l2 = check_l2(l2)
     data = prepare(X, time, event)
 
     def cox_objective(beta: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -195,8 +199,9 @@ def fit(X: Any, time: Any, event: Any, *, ties: str = "breslow", l2: float = 0.0
         ``beta`` of shape ``(p,)``, the dtype of ``X`` (float64 unless ``X`` is a float tensor).
 
     Raises:
-        vif.errors.ConvergenceError: ``max |grad| > gtol`` after ``max_iter`` iterations (e.g. separation:
-            a covariate that perfectly orders the events has no finite maximiser; use ``l2 > 0``).
+        vif.errors.ConvergenceError: ``max |grad| > gtol`` after ``max_iter`` iterations, or a coefficient
+            that runs off while the gradient vanishes (message "no finite minimiser: ...": monotone likelihood,
+            e.g. a covariate level with no events, or separation; use ``l2 > 0`` or drop the covariate).
     """
     return CoxRegression(X, time, event, ties=ties, l2=l2, gtol=gtol, max_iter=max_iter).fit(mask, init)
 

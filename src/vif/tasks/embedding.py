@@ -41,6 +41,7 @@ import torch
 from ..errors import InputError
 from ..fit import saddle_free_newton
 from ..params import check_mask
+from ._penalty import check_l2
 
 __all__ = [
     "SkipGram",
@@ -298,8 +299,7 @@ def objective(graph, *, dim: int = 2, window: int = 3, walk_length: int = 6, l2:
             raise InputError(f"{name} must be a positive integer, got {value!r}.")
     if walk_length < 2:
         raise InputError(f"walk_length must be at least 2 to form a (centre, context) pair, got {walk_length}.")
-    if not l2 >= 0.0:
-        raise InputError(f"l2 must be non-negative, got {l2!r}.")
+    l2 = check_l2(l2)
     adj = adjacency(graph, dtype=dtype)
     uniforms = None if expected else _uniforms(adj.shape[0] * walks_per_node, walk_length, seed, dtype)
     return SkipGram(adj, dim, window, walk_length, float(l2), expected, walks_per_node, seed, uniforms)

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 from ..fit import newton
 from ..params import check_mask
+from ._penalty import check_l2
 
 __all__ = ["DEFAULT_L2", "LogisticRegression", "objective", "fit", "losses"]
 
@@ -40,8 +41,12 @@ def losses(params: Params, X: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 def objective(X: torch.Tensor, y: torch.Tensor, *, l2: float = DEFAULT_L2) -> Callable[[Params, torch.Tensor], torch.Tensor]:
-    """``objective(params, mask)``: masked summed log-loss plus ``(l2/2)||w||^2``; one unit per row of ``X``."""
-    n = X.shape[0]
+    """``objective(params, mask)``: masked summed log-loss plus ``(l2/2)||w||^2``; one unit per row of ``X``.
+
+    Raises:
+        InputError: ``l2`` negative, NaN or infinite.
+    """
+    n, l2 = X.shape[0], check_l2(l2)
 
     def value(params: Params, mask: torch.Tensor) -> torch.Tensor:
         check_mask(mask, n)
@@ -52,7 +57,11 @@ def objective(X: torch.Tensor, y: torch.Tensor, *, l2: float = DEFAULT_L2) -> Ca
 
 def fit(X: torch.Tensor, y: torch.Tensor, *, l2: float = DEFAULT_L2, mask: torch.Tensor | None = None,
         init: Params | None = None, gtol: float = 1e-10) -> Params:
-    """Minimise :func:`objective` by Newton's method (raises ``ConvergenceError`` if ``max|grad| > gtol``)."""
+    """Minimise :func:`objective` by Newton's method (raises ``ConvergenceError`` if ``max|grad| > gtol``).
+
+    With ``l2 = 0`` and separable labels there is no finite minimiser: the weights run off and
+    :func:`vif.fit.newton` raises ``ConvergenceError`` ("no finite minimiser: ..."); use ``l2 > 0``.
+    """
     if init is None:
         init = {"weight": X.new_zeros(X.shape[1]), "bias": X.new_zeros(())}
     mask = X.new_ones(X.shape[0]) if mask is None else mask

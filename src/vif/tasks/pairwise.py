@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 from ..fit import newton
 from ..params import check_mask
+from ._penalty import check_l2
 
 __all__ = ["PairwiseRanking", "objective", "fit", "pair_losses", "winner_losses"]
 
@@ -39,7 +40,7 @@ def winner_losses(weight: torch.Tensor, X: torch.Tensor, y: torch.Tensor) -> tor
 
 def objective(X: torch.Tensor, y: torch.Tensor, *, l2: float = 1.0) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     """``objective(weight, mask)``: masked sum of pair losses plus ``(l2/2)||w||^2``; units are rows of ``X``."""
-    n = X.shape[0]
+    n, l2 = X.shape[0], check_l2(l2)
 
     def value(weight: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         check_mask(mask, n)

@@ -39,6 +39,7 @@ from ..fit import lbfgs, preconditioned_lbfgs
 from ..heldout import restrict_solution
 from ..params import check_mask, flatten
 from ..solvers import cholesky_solver
+from ._penalty import check_l2
 from ._ranking_scores import Params, as_data, item_parameters, scores
 from .ranking_hessian import closed_form_hessian
 
@@ -120,8 +121,7 @@ def objective(
     """
     if loss not in LOSSES:
         raise InputError(f"loss={loss!r} is not one of {LOSSES}.")
-    if l2 < 0:
-        raise InputError(f"l2={l2} is negative; weight decay must be >= 0 (the paper used 5e-4).")
+    l2 = check_l2(l2)  # weight decay (the paper used 5e-4)
     X_t, R = as_data(X, relevance)
     n_items = R.shape[1]
 
