@@ -141,3 +141,38 @@ def test_split_files_reject_indices_beyond_the_data_and_non_integers(tmp_path):
 def test_n_components_must_be_smaller_than_the_features():
     with pytest.raises(InputError, match=r"n_components must be an int in \[1, 6\)"):
         data.load_xmc(FIXTURE, n_train=6, n_test=4, n_components=6)
+
+
+def test_a_feature_repeated_within_a_line_is_refused(tmp_path):
+    path = tmp_path / "Bad_data.txt"
+    path.write_text("2 3 2\n0 1:0.5 2:1.0\n1 0:1.0 2:0.5 0:2.0\n")
+    with pytest.raises(InputError, match=r"Bad_data.txt, line 3: feature index 0 appears 2 times"):
+        data.read_xmc(path)
+
+
+def _copy_fixture(folder):
+    folder.mkdir()
+    for path in FIXTURE.iterdir():
+        (folder / path.name).write_bytes(path.read_bytes())
+    return folder
+
+
+def test_overlapping_train_and_test_splits_are_refused(tmp_path):
+    folder = _copy_fixture(tmp_path / "overlap")
+    lines = (folder / "mediamill_tstSplit.txt").read_text().splitlines()
+    train_first = (folder / "mediamill_trSplit.txt").read_text().splitlines()[0].split()[0]
+    lines[2] = f"{train_first} {lines[2].split()[1]}"  # test point 3 of split 0 is training point 1
+    (folder / "mediamill_tstSplit.txt").write_text("\n".join(lines) + "\n")
+    with pytest.raises(InputError, match=rf"mediamill_tstSplit.txt, line 3: test point {train_first} of split 0 is "
+                                         r"also a training point \(.*mediamill_trSplit.txt, line 1\)"):
+        data.load_xmc(folder, n_train=6, n_test=4, n_components=2)
+    data.load_xmc(folder, split=1, n_train=6, n_test=4, n_components=2)  # the other split is clean
+
+
+def test_a_point_listed_twice_in_a_split_is_refused(tmp_path):
+    folder = _copy_fixture(tmp_path / "twice")
+    lines = (folder / "mediamill_trSplit.txt").read_text().splitlines()
+    lines[4] = f"{lines[1].split()[0]} {lines[4].split()[1]}"
+    (folder / "mediamill_trSplit.txt").write_text("\n".join(lines) + "\n")
+    with pytest.raises(InputError, match=r"mediamill_trSplit.txt, line 5: point 2 of split 0 is already listed on line 2"):
+        data.load_xmc(folder, n_train=6, n_test=4, n_components=2)

@@ -14,7 +14,35 @@ from pathlib import Path
 
 from ..errors import DatasetNotFoundError, InputError
 
-__all__ = ["data_dir", "sha256", "locate", "check_text"]
+__all__ = ["data_dir", "sha256", "locate", "check_text", "check_seed", "check_fraction"]
+
+
+def check_seed(seed: object) -> int:
+    """``seed`` as an int, after checking that it is a non-negative integer.
+
+    ``numpy.random.default_rng`` and networkx accept those; a bad seed now fails before any data is read.
+
+    Raises:
+        InputError: ``seed`` is a bool, not an integer, or negative.
+    """
+    if isinstance(seed, bool) or not hasattr(seed, "__index__"):
+        raise InputError(f"seed must be a non-negative integer, got {seed!r}.")
+    if int(seed) < 0:
+        raise InputError(f"seed must be a non-negative integer, got {seed!r}.")
+    return int(seed)
+
+
+def check_fraction(value: object, name: str) -> float:
+    """``value`` as a float strictly between 0 and 1 (a share of the rows held out).
+
+    Raises:
+        InputError: not a real number, NaN, or outside ``(0, 1)``.
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InputError(f"{name} must be a number in (0, 1), got {value!r}.")
+    if not 0.0 < float(value) < 1.0:
+        raise InputError(f"{name} must lie in (0, 1) (the share of rows held out), got {value!r}.")
+    return float(value)
 
 
 def data_dir() -> Path:

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from ..errors import InputError
+from ._files import check_seed
 
 __all__ = ["ContrastiveDigits", "augment", "contrastive_digits"]
 
@@ -105,7 +106,7 @@ def contrastive_digits(*, n_train: int = 250, n_test: int = 100, n_components: i
         raise InputError(f"n_components must be at most 64 and at most n_train, got {n_components}.")
     if not 0.0 <= drop < 1.0 or not noise >= 0.0:
         raise InputError(f"drop must lie in [0, 1) and noise be non-negative, got drop={drop!r}, noise={noise!r}.")
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(check_seed(seed))
     order = rng.permutation(total)
     train, test = order[:n_train], order[n_train:n_train + n_test]
     images = data.images.astype(np.float64)

@@ -17,6 +17,7 @@ import torch
 from torch_geometric.data import Data
 
 from ..errors import InputError
+from ._files import check_seed
 
 __all__ = ["GRAPHS", "karate", "les_miserables", "sbm", "load_graph"]
 
@@ -65,6 +66,7 @@ def sbm(n_nodes: int = 200, *, n_blocks: int = 4, degree_in: float = 8.0, degree
     import networkx as nx
     from torch_geometric.utils import from_networkx
 
+    seed = check_seed(seed)
     if n_blocks < 1 or n_nodes < 2 * n_blocks:
         raise InputError(f"sbm needs n_nodes >= 2 * n_blocks; got n_nodes={n_nodes}, n_blocks={n_blocks}.")
     sizes = [n_nodes // n_blocks + (block < n_nodes % n_blocks) for block in range(n_blocks)]

@@ -124,7 +124,7 @@ def make_synthetic(
     """
     if shape not in SYNTHETIC:
         raise InputError(f"shape={shape!r} is not one of {sorted(SYNTHETIC)}.")
-    spec = SYNTHETIC[shape]
+    spec, seed = SYNTHETIC[shape], _files.check_seed(seed)
     n_items, rng = spec["n_items"], np.random.default_rng([seed, spec["n_items"]])
     latent_dim = n_components
     n = n_train + n_test
@@ -149,7 +149,8 @@ def read_xmc(path: str | Path) -> tuple[sp.csr_matrix, sp.csr_matrix]:
         ``(features, labels)``: CSR matrices ``(n_points, n_features)`` and 0/1 ``(n_points, n_labels)``.
 
     Raises:
-        InputError: a malformed header or line (the message names the line number).
+        InputError: a malformed header or line, or a feature index repeated within a line (the sparse
+            matrix would silently add the values); the message names the file and line number.
     """
     path = Path(path)
     _check_text(path)
@@ -196,27 +197,37 @@ def _check_text(path: Path) -> None:
 
 def _check_indices(path: Path, row: int, l_cols: list, f_cols: list, labels: list, pairs: list, n_labels: int,
                    n_features: int) -> None:
-    """The last line's label and feature indices lie within the header's counts."""
+    """The last line's label and feature indices lie within the header's counts; no feature index repeats."""
     for values, count, what in ((l_cols[len(l_cols) - len(labels):], n_labels, "label"),
                                 (f_cols[len(f_cols) - len(pairs):], n_features, "feature")):
         bad = [value for value in values if not 0 <= value < count]
         if bad:
             raise InputError(f"{path}, line {row + 2}: {what} index {bad[0]} is outside [0, {count}) of the header.")
+    features = f_cols[len(f_cols) - len(pairs):]
+    if len(set(features)) != len(features):
+        repeated = next(value for k, value in enumerate(features) if value in features[:k])
+        raise InputError(f"{path}, line {row + 2}: feature index {repeated} appears {features.count(repeated)} times; "
+                         "each feature may have one value per point (the file is corrupt or was concatenated).")
 
 
 def read_split(path: str | Path, split: int = 0, n_points: int | None = None) -> np.ndarray:
     """0-based point indices of column ``split`` of a ``*_trSplit.txt`` / ``*_tstSplit.txt`` file (1-based).
 
     Raises:
-        InputError: an empty or non-UTF-8 file, a non-integer entry, rows of different lengths, or an index
-            outside ``[1, n_points]`` (the message names the file and line).
+        InputError: an empty or non-UTF-8 file, a non-integer entry, rows of different lengths, an index
+            outside ``[1, n_points]``, or a point listed twice in the column (the message names the file and line).
     """
-    path = Path(path)
+    return _split_lines(Path(path), split, n_points)[0]
+
+
+def _split_lines(path: Path, split: int, n_points: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`read_split`'s indices and the file line of each."""
     _check_text(path)
-    rows = []
+    rows, lines = [], []
     for line_number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
         if not line.strip():
             continue
+        lines.append(line_number)
         try:
             rows.append([int(value) for value in line.split()])
         except ValueError as error:
@@ -230,7 +241,25 @@ def read_split(path: str | Path, split: int = 0, n_points: int | None = None) ->
     table = np.asarray(rows, dtype=np.int64)
     if not 0 <= split < table.shape[1]:
         raise InputError(f"{path} has {table.shape[1]} splits; split={split} is out of range.")
-    return table[:, split] - 1
+    indices, lines = table[:, split] - 1, np.asarray(lines)
+    _, first, counts = np.unique(indices, return_index=True, return_counts=True)
+    if (counts > 1).any():
+        repeat = np.sort(np.flatnonzero(np.isin(indices, indices[first[counts > 1]])))[:2]
+        raise InputError(f"{path}, line {lines[repeat[1]]}: point {indices[repeat[1]] + 1} of split {split} is "
+                         f"already listed on line {lines[repeat[0]]}; each point belongs to a split once.")
+    return indices, lines
+
+
+def _disjoint_splits(train: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np.ndarray], paths: list[Path],
+                     split: int) -> None:
+    """Train and test points of one split do not overlap (a shared point would leak labels into the test)."""
+    shared = np.flatnonzero(np.isin(test[0], train[0]))
+    if len(shared):
+        point = test[0][shared[0]]
+        train_line = train[1][np.flatnonzero(train[0] == point)[0]]
+        raise InputError(f"{paths[2]}, line {test[1][shared[0]]}: test point {point + 1} of split {split} is also a "
+                         f"training point ({paths[1]}, line {train_line}); {len(shared)} test points overlap the "
+                         "training split. Use the repository's split files unchanged.")
 
 
 def load_xmc(
@@ -252,6 +281,8 @@ def load_xmc(
 
     Raises:
         DatasetNotFoundError: the files are missing; the message says where to get them and where to put them.
+        InputError: a malformed file (see :func:`read_xmc`, :func:`read_split`), or train and test points that
+            overlap (the message names the test file's line and the training file's).
     """
     key = str(name_or_folder).lower()
     if key in XMC_FILES:
@@ -269,7 +300,9 @@ def load_xmc(
         for name in XMC_FILES[key]
     ]
     features, labels = read_xmc(paths[0])
-    train, test = (read_split(paths[1], split, features.shape[0]), read_split(paths[2], split, features.shape[0]))
+    train, test = (_split_lines(paths[1], split, features.shape[0]), _split_lines(paths[2], split, features.shape[0]))
+    _disjoint_splits(train, test, paths, split)
+    train, test = train[0], test[0]
     return _finish(key, features[train], labels[train], features[test], labels[test], n_train, n_test,
                    n_components, seed, False)
 

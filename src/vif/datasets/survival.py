@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import InputError
-from ._files import check_text, locate, sha256
+from ._files import check_seed, check_text, locate, sha256
 
 __all__ = ["SurvivalDataset", "SurvivalSplit", "load_support", "load_rotterdam", "load_gbsg2", "load_metabric",
            "split", "DATASETS"]
@@ -259,9 +259,12 @@ def split(dataset: SurvivalDataset, *, seed: int = 0, test: float = 0.2, validat
     training part's mean and (population) standard deviation.
 
     Raises:
-        InputError: fractions outside (0, 1) or a part that would be empty.
+        InputError: fractions outside (0, 1), a part that would be empty, or a seed that is not a
+            non-negative integer.
     """
-    if not (0 < test < 1 and 0 <= validation < 1):
+    seed = check_seed(seed)
+    if not (isinstance(test, (int, float)) and isinstance(validation, (int, float)) and 0 < test < 1
+            and 0 <= validation < 1):
         raise InputError(f"test must be in (0, 1) and validation in [0, 1), got test={test}, validation={validation}.")
     n = dataset.n
     permutation = np.random.default_rng(seed).permutation(n)
