@@ -7,6 +7,7 @@ This is the column order of :func:`vif.parameter_influence`.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
 
 import torch
@@ -15,7 +16,10 @@ from .errors import InputError, MaskError, NonFiniteError
 
 Params = torch.Tensor | Mapping[str, torch.Tensor]
 
-__all__ = ["Params", "flatten", "check_mask", "check_finite", "full_mask", "removal_mask"]
+__all__ = ["Params", "flatten", "check_mask", "check_finite", "full_mask", "removal_mask", "DTYPE_PATTERN"]
+
+#: torch's messages for an operation on tensors of two dtypes (objective or target data vs params)
+DTYPE_PATTERN = re.compile(r"dtype|scalar type|Double|Float|Half|BFloat16", re.IGNORECASE)
 
 
 def flatten(params: Params) -> tuple[torch.Tensor, Callable[[torch.Tensor], Params]]:

@@ -17,10 +17,12 @@ from .errors import InputError, NonFiniteError, VIFError
 from .params import Params, check_finite, flatten
 from .removals import Removals
 
-__all__ = ["Problem", "TaskHooks", "resolve_task"]
+__all__ = ["Problem", "TaskHooks", "resolve_task", "HOOK_RTOL"]
 
 #: removals at or above which VIF checks whether the objective is linear in the mask (a few passes)
 LINEARITY_CHECK_MIN_REMOVALS = 16
+#: a task's hook may differ from autodiff by this fraction of the largest difference (rounding of either)
+HOOK_RTOL = {torch.float64: 1e-6, torch.float32: 1e-3}
 
 
 @dataclass(frozen=True)
@@ -77,17 +79,77 @@ class Problem:
         self.hooks = hook if isinstance(hook, TaskHooks) else TaskHooks(dense=hook)
         self.mask_linear = False  # set by prefer_mask_jacobian once linearity in the mask is verified
         self.ones = torch.ones(n_units, dtype=self.theta.dtype, device=self.theta.device)
-        value = self._call_checked(self.theta, self.ones)
+        # on copies: an objective that writes into params or mask in place is caught before it alters either
+        theta_copy, mask_copy = self.theta.clone(), self.ones.clone()
+        value = self._call_checked(theta_copy, mask_copy)
+        self._check_untouched(theta_copy, mask_copy)
         if value.ndim != 0:
             raise InputError(
                 f"objective(params, mask) must return a scalar tensor, got shape {tuple(value.shape)}; "
                 "sum or average the per-term losses."
             )
         check_finite(value, "objective(params, ones)", "The objective is not finite at params on the full data.")
-        self.full_gradient = check_finite(
-            grad(self.flat_objective)(self.theta, self.ones), "the gradient of the objective at params"
-        )
+        # the mask captured, as the solvers see it: an in-place write into it raises here (checks.build_problem)
+        self.full_gradient = check_finite(grad(self.full_objective)(self.theta),
+                                          "the gradient of the objective at params")
         self.mask_jacobian: torch.Tensor | None = None
+        if self.hooks.dense is not None or self.hooks.sparse is not None:
+            self._check_hooks()
+
+    def _check_untouched(self, theta: torch.Tensor, mask: torch.Tensor) -> None:
+        """Raise when the objective call changed its ``params`` (``theta``) or ``mask`` argument in place."""
+        for name, before, after, remedy in (
+                ("params", self.theta, theta, "compute new tensors (params['w'] + 1, torch.cat) instead of +=, "
+                 "[...] = or .add_() on a parameter"),
+                ("mask", self.ones, mask, "never write into mask (compute a new tensor, e.g. torch.where(..., mask, "
+                 "0) or mask * 0.5)")):
+            if not bool(((before == after) | (before.isnan() & after.isnan())).all()):
+                change = float((after - before).abs().nan_to_num(nan=float("inf")).max())
+                raise InputError(
+                    f"objective(params, mask) modified its {name} argument in place (max change {change:.3e}); the "
+                    f"estimates would use the altered {name}. {remedy[0].upper()}{remedy[1:]}."
+                )
+
+    def _check_hooks(self) -> None:
+        """A task's gradient-difference hooks against autodiff for two single-unit removals (once per Problem).
+
+        Cost: two masked gradients and one call of each hook. Raises :class:`InputError` naming the hook, the
+        units, the mismatch and the tolerance (``HOOK_RTOL`` of the largest autodiff difference).
+        """
+        device = self.theta.device
+        units = torch.linspace(0, self.n_units - 1, 4, device=device).round().long()[1:3].unique()
+        rows = torch.arange(len(units), device=device)
+        masks = self.ones.repeat(len(units), 1)
+        masks[rows, units] = 0.0
+        gradient_at = grad(self.flat_objective)
+        reference = torch.stack([gradient_at(self.theta, mask) for mask in masks]) - self.full_gradient
+        params, zeros = self.unflatten(self.theta), torch.zeros(len(units), dtype=self.theta.dtype, device=device)
+        calls = (("mask_gradient_differences", self.hooks.dense, lambda hook: hook(params, masks)),
+                 ("mask_change_gradient_differences", self.hooks.sparse,
+                  lambda hook: hook(params, rows, units, zeros, len(units))))
+        rtol = HOOK_RTOL.get(self.theta.dtype, HOOK_RTOL[torch.float32])
+        for name, hook, call in calls:
+            if hook is None:
+                continue
+            try:
+                found = call(hook)
+            except (RuntimeError, ValueError, IndexError, TypeError) as error:
+                raise InputError(f"The task's {name} hook failed on single-unit removals {units.tolist()}: {error}") \
+                    from error
+            if not isinstance(found, torch.Tensor) or found.shape != reference.shape:
+                shape = tuple(found.shape) if isinstance(found, torch.Tensor) else type(found).__name__
+                raise InputError(f"The task's {name} hook returned {shape} for {len(units)} masks; expected "
+                                 f"{tuple(reference.shape)} (masks, parameters in vif.params.flatten order).")
+            mismatch = float((found.to(reference.dtype) - reference).abs().max())
+            size = float(reference.abs().max())
+            if not mismatch <= rtol * size:
+                raise InputError(
+                    f"The task's {name} hook disagrees with autodiff of its objective when unit(s) {units.tolist()} "
+                    f"are removed: max|hook - autodiff| = {mismatch:.3e} against max|autodiff| = {size:.3e} (tolerance "
+                    f"{rtol:.0e} of it; a sign flip gives twice it). Every VIF estimate would use the hook: fix it "
+                    "so that it returns grad L(params, mask) - grad L(params, 1), or remove it (autodiff is the "
+                    "reference)."
+                )
 
     def _call_checked(self, theta: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         try:

@@ -4,10 +4,12 @@ A target is ``target(params) -> scalar or (n_targets,)``, or mask-aware ``target
 from its signature, or declared with ``target_takes_mask``): a mask-aware target is evaluated at the mask
 of the removal, ``m = 1 - r``, so it can drop the removed units from what it measures. :class:`Target` holds
 every rule about it in one place: mask-aware detection, the probe at ``theta_hat`` (a tensor, scalar or
-1-D, finite), the flat form ``f(theta, m) -> (n_targets,)`` every route differentiates, its Jacobian,
-and the shape of the result (``(n_removals,)`` for a scalar target, else ``(n_removals, n_targets)``).
-:func:`vif.influence`, :func:`vif.trust.trust`, :func:`vif.forward.forward_influence`,
-:func:`vif.datamodels.second_order_influence` and :func:`vif.leave_one_out` all build one.
+1-D, finite), its dtype (computed with the parameters' dtype: data of another dtype raise :class:`InputError`
+naming both; a floating value of another dtype is cast to the parameters'), the flat form ``f(theta, m) ->
+(n_targets,)`` every route differentiates, its Jacobian, and the shape of the result (``(n_removals,)`` for
+a scalar target, else ``(n_removals, n_targets)``). :func:`vif.influence`, :func:`vif.trust.trust`,
+:func:`vif.forward.forward_influence`, :func:`vif.datamodels.second_order_influence` and
+:func:`vif.leave_one_out` all build one.
 """
 
 from __future__ import annotations
@@ -18,8 +20,8 @@ from collections.abc import Callable
 import torch
 from torch.func import jacrev, vjp
 
-from .errors import InputError
-from .params import check_finite
+from .errors import InputError, VIFError
+from .params import DTYPE_PATTERN, check_finite
 
 __all__ = ["Target", "takes_mask"]
 
@@ -54,7 +56,8 @@ class Target:
 
     Raises:
         InputError: not callable; a detected mask-aware target that fails with the mask (the message says how
-            to declare it); a value that is not a scalar or 1-D tensor.
+            to declare it); a value that is not a scalar or 1-D floating tensor; a target that fails on a dtype
+            mismatch (data of another dtype than params).
         NonFiniteError: the target is not finite at ``theta_hat``.
     """
 
@@ -66,10 +69,24 @@ class Target:
         self.function, self.theta, self.unflatten = target, theta, unflatten
         self.ones = torch.ones(n_units, dtype=theta.dtype, device=theta.device)
         self.mask_aware = takes_mask(target, declared)
-        probe = self._probe(declared)
+        try:
+            probe = self._probe(declared)
+        except VIFError:
+            raise
+        except RuntimeError as error:
+            if not DTYPE_PATTERN.search(str(error)):
+                raise
+            raise InputError(
+                f"target failed on a dtype mismatch: params are {theta.dtype} but the target computes with tensors of "
+                f"another dtype ({error}). Build the target's data with the parameters' dtype (e.g. "
+                f"X.to({theta.dtype})), or convert params and data together."
+            ) from error
         if not isinstance(probe, torch.Tensor) or probe.ndim > 1:
             shape = tuple(probe.shape) if isinstance(probe, torch.Tensor) else type(probe).__name__
             raise InputError(f"target must return a scalar or a 1-D tensor of targets, got {shape}; flatten it.")
+        if not probe.is_floating_point():
+            raise InputError(f"target must return a floating-point tensor (it is differentiated), got {probe.dtype}; "
+                             f"compute it in {theta.dtype}.")
         check_finite(probe, "target(params)", "The target must be finite at params.")
         self.scalar = probe.ndim == 0
         self.n_targets = 1 if self.scalar else probe.shape[0]
@@ -83,7 +100,7 @@ class Target:
         try:
             return self.function(params, self.ones)
         except (TypeError, RuntimeError, IndexError, ValueError) as error:
-            if declared is not None:
+            if declared is not None or (isinstance(error, RuntimeError) and DTYPE_PATTERN.search(str(error))):
                 raise
             raise InputError(
                 f"target has two required positional parameters, so it was taken to be mask-aware, target(params, "
@@ -96,6 +113,7 @@ class Target:
         """``f(theta, mask)`` as a vector ``(n_targets,)``; ``mask`` is ignored by a target that does not take it."""
         params = self.unflatten(theta)
         value = self.function(params, mask) if self.mask_aware else self.function(params)
+        value = value.to(theta.dtype)  # a float32 target of float64 params: results in the parameters' dtype
         return value.reshape(-1) if value.ndim == 0 else value
 
     def jacobian(self, mask: torch.Tensor | None = None) -> torch.Tensor:
