@@ -207,7 +207,7 @@ def test_bad_inputs_raise_precise_errors():
         embedding.objective(graph, dim=0)
     with pytest.raises(InputError, match="walk_length must be at least 2"):
         embedding.objective(graph, walk_length=1)
-    with pytest.raises(InputError, match="l2 must be non-negative"):
+    with pytest.raises(InputError, match=r"l2 \(the L2 penalty\) must be a finite number >= 0, got -1.0"):
         embedding.objective(graph, l2=-1.0)
     with pytest.raises(MaskError, match="shape"):
         embedding.objective(graph)(embedding.init_params(34, 2), torch.ones(33, dtype=torch.float64))

@@ -182,7 +182,7 @@ def test_bad_inputs_name_the_problem(problem):
         ranking.objective(X[:10], R)
     with pytest.raises(InputError, match="loss='lambdarank'"):
         ranking.objective(X, R, loss="lambdarank")
-    with pytest.raises(InputError, match="negative"):
+    with pytest.raises(InputError, match=r"l2 \(the L2 penalty\) must be a finite number >= 0, got -1.0"):
         ranking.objective(X, R, l2=-1.0)
     with pytest.raises(InputError, match="NaN"):
         ranking.objective(torch.full_like(X, float("nan")), R)
