@@ -13,7 +13,7 @@ import torch
 
 import vif
 from vif._optimisers import run_off
-from vif.errors import ConvergenceError, RefitError
+from vif.errors import NoFiniteMinimiserError, RefitError
 from vif.fit import newton
 from vif.tasks import cox, logistic
 
@@ -38,9 +38,9 @@ def test_cox_refit_with_no_event_in_a_level_raises(ties):
     assert beta_hat.abs().max() < 5
     mask = torch.ones(len(time), dtype=torch.float64)
     mask[unit] = 0.0
-    with pytest.raises(ConvergenceError, match=r"^no finite minimiser: coefficient 2 runs off.*no events"):
+    with pytest.raises(NoFiniteMinimiserError, match=r"^no finite minimiser: coefficient 2 runs off.*no events"):
         task.fit(mask, beta_hat)
-    with pytest.raises(ConvergenceError, match="^no finite minimiser: coefficient 2"):
+    with pytest.raises(NoFiniteMinimiserError, match=r"^no finite minimiser: coefficient 2"):
         task.fit(mask)  # cold start too
     # the same removal from data that keep a second event in the level is well posed
     event[torch.nonzero((x[:, 2] == 1) & (event == 0)).squeeze(1)[0]] = 1.0
@@ -66,9 +66,9 @@ def test_logistic_separable_without_penalty_raises():
     generator = torch.Generator().manual_seed(1)
     x = torch.randn(40, 2, generator=generator, dtype=torch.float64)
     y = (x[:, 0] > 0).double()
-    with pytest.raises(ConvergenceError, match="^no finite minimiser: coefficient 0 .*separable"):
+    with pytest.raises(NoFiniteMinimiserError, match=r"^no finite minimiser: coefficient 0 .*separable"):
         logistic.fit(x, y, l2=0.0)
-    with pytest.raises(ConvergenceError, match="^no finite minimiser"):
+    with pytest.raises(NoFiniteMinimiserError, match=r"^no finite minimiser"):
         logistic.LogisticRegression(x, y, l2=0.0).fit()
     assert logistic.fit(x, y, l2=1.0)["weight"].abs().max() < 20
 

@@ -14,7 +14,7 @@ from collections.abc import Callable
 import torch
 from torch.func import grad
 
-from .errors import ConvergenceError, InputError
+from .errors import ConvergenceError, InputError, NoFiniteMinimiserError
 from .hessian import hessian_matrix
 from .params import Params, check_finite, flatten
 
@@ -124,7 +124,7 @@ def newton_steps(function: Callable[[torch.Tensor], torch.Tensor], theta: torch.
         norm = float(gradient.abs().max())
         coordinate = run_off(steps, theta)
         if coordinate is not None and norm <= gtol:
-            raise ConvergenceError(no_finite_minimiser(coordinate, theta, steps, norm))
+            raise NoFiniteMinimiserError(no_finite_minimiser(coordinate, theta, steps, norm))
         if norm <= gtol:
             return theta
         if iteration == max_iter:
@@ -143,7 +143,7 @@ def newton_steps(function: Callable[[torch.Tensor], torch.Tensor], theta: torch.
         else:
             coordinate = run_off(steps, theta)
             if coordinate is not None:
-                raise ConvergenceError(no_finite_minimiser(coordinate, theta, steps, norm))
+                raise NoFiniteMinimiserError(no_finite_minimiser(coordinate, theta, steps, norm))
             raise ConvergenceError(
                 f"Newton stalled at iteration {iteration}: no step along the Newton direction decreases the "
                 f"objective, max|grad| = {norm:.3e} > gtol = {gtol:.1e}. This is the floating-point floor "

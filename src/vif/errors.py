@@ -16,6 +16,7 @@ __all__ = [
     "NonFiniteError",
     "NotPositiveDefiniteError",
     "ConvergenceError",
+    "NoFiniteMinimiserError",
     "DatasetNotFoundError",
     "ConvergenceWarning",
     "NotAMinimiserError",
@@ -52,6 +53,10 @@ class NotPositiveDefiniteError(VIFError, ValueError):
 
 class ConvergenceError(VIFError, RuntimeError):
     """An iterative solver or a fit stopped before reaching its tolerance."""
+
+
+class NoFiniteMinimiserError(ConvergenceError):
+    """The problem has no finite minimiser (monotone likelihood, separation): a coefficient runs off."""
 
 
 class DatasetNotFoundError(VIFError, FileNotFoundError):
