@@ -158,3 +158,15 @@ def test_every_task_class_passes_the_refit_checks_warm_and_cold():
             changes = vif.leave_one_out(task, params, lambda p: flat(p)[:2], units=[1, 2], warm_start=warm,
                                         progress=False)
             assert torch.isfinite(changes).all(), cls.__qualname__
+
+
+def test_a_tasks_fit_method_passed_alone_is_judged_by_its_tasks_gtol():
+    task = Ridge(gtol=1.0)  # a loose, stated tolerance: the one-step refit of unit 5 is within it
+    g5 = vif.fit.gradient_norm(objective, task.fit(vif.params.removal_mask(N, 5, BETA), BETA),
+                               vif.params.removal_mask(N, 5, BETA))
+    assert 1e-4 < g5 < 1.0  # above the stationarity rule, within the task's gtol
+    changes = vif.leave_one_out(task.fit, BETA, target, n_units=N, objective=task.objective, units=[5],
+                                progress=False)
+    assert torch.isfinite(changes).all()
+    with pytest.raises(RefitError, match="unit 5 failed.*task's gtol = 1.0e-09"):
+        vif.leave_one_out(Ridge().fit, BETA, target, n_units=N, objective=objective, units=[5], progress=False)

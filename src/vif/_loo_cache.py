@@ -5,7 +5,10 @@ A cache folder is keyed by a SHA-256 of everything a refit depends on: the bytes
 reachable from its closure cells, default and partial arguments, the globals its code names and, for a bound
 method, its object: public attributes, dataclass fields and nested configs, recursively to :data:`MAX_DEPTH`); the
 same for ``objective``; the task's ``gtol``; and the objective's values at ``theta_hat`` under a few fixed masks
-(:func:`objective_fingerprint`). Private names (``_name``: attributes, closure variables, globals) are not
+(:func:`objective_fingerprint`). A ``torch.nn.Module`` counts by its structure, parameter shapes and buffers, not
+its parameter values: a task passes its own parameters (``torch.func.functional_call``), and an encoder built
+with torch's unseeded default initialisation would change the key in every process (frozen weights that the
+objective uses still reach the key through the fingerprint). Private names (``_name``: attributes, closure variables, globals) are not
 hashed: by convention they hold lazily built caches (a factorised Hessian) or bookkeeping (a call log), which
 would change the key between runs; keep data under public names. Cost: one pass over the data's bytes (about
 1 GB/s), once per call.
@@ -181,9 +184,11 @@ def _feed_container(digest: Any, value: object, depth: int, seen: frozenset[int]
             _feed(digest, item, depth - 1, seen, full)
     elif isinstance(value, set | frozenset):
         _tag(digest, f"{type(value).__qualname__}:" + ",".join(sorted(data_digest(item, depth - 1) for item in value)))
-    elif isinstance(value, torch.nn.Module):
+    elif isinstance(value, torch.nn.Module):  # its weights are a template (tasks pass their own parameters)
         _tag(digest, f"module:{type(value).__qualname__}:{value!r}")
-        _feed(digest, dict(value.state_dict()), depth - 1, seen)
+        for name, parameter in value.named_parameters():
+            _tag(digest, f"{name}:{parameter.dtype}:{tuple(parameter.shape)}")
+        _feed(digest, dict(value.named_buffers()), depth - 1, seen)
     elif callable(getattr(value, "to_numpy", None)) and hasattr(value, "shape"):  # pandas, polars, xarray
         _tag(digest, f"{type(value).__qualname__}:{list(getattr(value, 'columns', []))!r}")
         _feed(digest, np.asarray(value.to_numpy()), depth - 1, seen)

@@ -156,9 +156,10 @@ def leave_one_out(
     """Actual change ``target(theta_without_i) - target(theta_hat)`` by refitting without each unit (or group).
 
     Args:
-        fit: a task (:class:`vif.task.Task`: its ``fit``, ``objective``, ``n_units`` and ``gtol`` are used), or a
-            bare ``fit(mask, init) -> params`` minimising the objective at ``mask``; ``init`` is ``theta_hat``
-            when ``warm_start`` else ``None`` (then ``fit`` chooses its own cold start, e.g. a seeded one).
+        fit: a task (:class:`vif.task.Task`: its ``fit``, ``objective``, ``n_units`` and ``gtol`` are used; a
+            task's ``fit`` method passed alone brings its ``gtol`` too), or a bare ``fit(mask, init) -> params``
+            minimising the objective at ``mask``; ``init`` is ``theta_hat`` when ``warm_start`` else ``None``
+            (then ``fit`` chooses its own cold start, e.g. a seeded one).
             It must raise if it does not converge. Must be picklable (closures are) when ``n_jobs != 1``.
         params: ``theta_hat``, the fit on the full data.
         target: ``target(params)`` or mask-aware ``target(params, mask)`` (scalar or ``(n_targets,)``); a
@@ -220,6 +221,8 @@ def leave_one_out(
         objective = task.objective if objective is None else objective
         gtol = getattr(task, "gtol", None)
         fit = task.fit
+    elif is_task(owner := getattr(fit, "__self__", None)) and getattr(fit, "__name__", None) == "fit":
+        gtol = getattr(owner, "gtol", None)  # task.fit passed bare: its task's tolerance still applies
     if isinstance(n_units, bool) or not isinstance(n_units, int) or n_units < 1:
         raise InputError(f"n_units must be a positive int, got {n_units!r}.")
     theta_hat, unflatten = flatten(params)
