@@ -8,10 +8,10 @@ same for ``objective``; the task's ``gtol``; and the objective's values at ``the
 (:func:`objective_fingerprint`). A ``torch.nn.Module`` counts by its structure, parameter shapes and buffers, not
 its parameter values: a task passes its own parameters (``torch.func.functional_call``), and an encoder built
 with torch's unseeded default initialisation would change the key in every process (frozen weights that the
-objective uses still reach the key through the fingerprint). Private names (``_name``: attributes, closure variables, globals) are not
-hashed: by convention they hold lazily built caches (a factorised Hessian) or bookkeeping (a call log), which
-would change the key between runs; keep data under public names. Cost: one pass over the data's bytes (about
-1 GB/s), once per call.
+objective uses still reach the key through the fingerprint). Private names (``_name``: attributes, closure
+variables, globals) are not hashed: by convention they hold lazily built caches (a factorised Hessian) or
+bookkeeping (a call log), which would change the key between runs; keep data under public names. Cost: one pass
+over the data's bytes (about 1 GB/s), once per call.
 """
 
 from __future__ import annotations
