@@ -12,6 +12,12 @@ worst relative residual).
 ready solver ``B -> H^-1 B``. A new backend is a class with ``build(source, damping) -> Solve`` where
 ``source`` is a :class:`HessianSource` (the dense Hessian on demand and the Hessian-vector product).
 
+**Checks (all cheap, all raise a named error).** Every solve's output must be finite and of the right-hand
+side's shape (:class:`~vif.errors.NonFiniteError` naming the backend; one pass over the output). A Cholesky
+factor whose matrix is numerically singular is refused (:func:`vif.hessian.check_conditioning`, O(n^2) after
+the O(n^3) factorisation). A precomputed dense ``hessian=`` is compared once with one Hessian-vector product of
+the objective (:func:`vif.hessian.dense_hessian`). Spec options are validated when the spec is created.
+
 Why our own CG: scipy's ``cg`` solves one right-hand side at a time on NumPy arrays; influence needs
 one solve per target (hundreds), on the parameters' device and dtype. The batched CG below solves all
 columns at once (one HVP per iteration for the whole block) and is checked against scipy in the tests.
@@ -19,6 +25,7 @@ columns at once (one HVP per iteration for the whole block) and is checked again
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
@@ -26,8 +33,8 @@ from typing import Protocol, runtime_checkable
 import torch
 
 from .errors import InputError, NotPositiveDefiniteError
-from .hessian import MatVec, dense_from_products, dense_hessian, hessian_matrix, hvp
-from .iterative import _cg, _check_on_nonconvergence, _lissa, cg_solve, lissa_solve
+from .hessian import MatVec, check_conditioning, dense_from_products, dense_hessian, hessian_matrix, hvp
+from .iterative import _cg, _lissa, _real, cg_solve, check_options, check_rcond, check_solution, lissa_solve
 
 BACKENDS = ("exact", "pinv", "cg", "lissa")
 
@@ -83,22 +90,34 @@ class Solve:
         return self.backend == "pinv"
 
     def __call__(self, rhs: torch.Tensor) -> torch.Tensor:
-        """Solve for ``rhs`` of shape ``(n_params,)`` or ``(n_params, k)``; same shape out."""
+        """Solve for ``rhs`` of shape ``(n_params,)`` or ``(n_params, k)``; same shape out.
+
+        Raises:
+            InputError: the backend returned another shape. NonFiniteError: it returned NaN or inf (one
+                ``isfinite`` pass over the output, the cost of one vector operation).
+        """
         solution, iterations, residual = self._function(rhs)
         self.report = SolveReport(self.report.backend, iterations, residual)
-        return solution
+        return check_solution(solution, rhs, self.backend)
 
 
 def _direct(function: Callable[[torch.Tensor], torch.Tensor], backend: str) -> Solve:
     return Solve(lambda rhs: (function(rhs), 0, None), backend)
 
 
-def cholesky_solver(matrix: torch.Tensor, damping: float = 0.0) -> Solve:
+def cholesky_solver(matrix: torch.Tensor, damping: float = 0.0, *, max_condition: float | None = None) -> Solve:
     """Solver ``B -> (H + damping I)^-1 B`` by a Cholesky factorisation of the dense, damped Hessian.
 
+    A factorisation can succeed on a numerically singular matrix (a duplicated feature gives an eigenvalue of
+    ``+-1e-16``) and the solve is then arbitrary along the flat direction, so the condition number is checked
+    (:func:`vif.hessian.check_conditioning`: O(n^2) bounds, an exact ``eigh`` only when they come within 100x
+    of the limit). ``max_condition`` defaults to :func:`vif.hessian.condition_limit` of the dtype
+    (``eps ** -0.75``: about ``5.5e11`` in float64, ``1.6e5`` in float32); pass ``math.inf`` to skip the check,
+    e.g. for a preconditioner.
+
     Raises:
-        NotPositiveDefiniteError: the damped Hessian is not positive definite; the message gives its
-            smallest eigenvalue and the damping that would fix it.
+        NotPositiveDefiniteError: the damped Hessian is not positive definite, or its condition number is above
+            ``max_condition``; the message gives its smallest eigenvalue and the damping that would fix it.
     """
     damped = matrix + damping * torch.eye(matrix.shape[0], dtype=matrix.dtype, device=matrix.device)
     factor, info = torch.linalg.cholesky_ex(damped)
@@ -110,6 +129,7 @@ def cholesky_solver(matrix: torch.Tensor, damping: float = 0.0) -> Solve:
             f"Is params a minimiser of the objective? If it is, pass damping={suggestion:.1e}, or "
             "hessian='pinv' if the Hessian is singular only along symmetries of the model."
         )
+    check_conditioning(damped, factor, damping, max_condition)
 
     def solve(rhs: torch.Tensor) -> torch.Tensor:
         matrix_rhs = rhs if rhs.ndim == 2 else rhs[:, None]
@@ -126,12 +146,14 @@ def pinv_solver(matrix: torch.Tensor, damping: float = 0.0, rcond: float | None 
 
     Use it when ``H`` is singular along directions that no target sees (e.g. rotations of an embedding):
     the pseudo-inverse solves within the range of ``H``. Eigenvalues below ``rcond * max|eigenvalue|``
-    (default ``n_params * machine epsilon * 10``) are dropped.
+    (default ``n_params * machine epsilon * 10``) are dropped; ``rcond`` must be in ``(0, 1)``.
 
     Raises:
+        InputError: ``rcond`` is not a finite number in ``(0, 1)``.
         NotPositiveDefiniteError: a clearly negative eigenvalue (below ``-rcond * max|eigenvalue|``):
             ``params`` is a saddle point, not a minimiser.
     """
+    check_rcond(rcond)
     damped = matrix + damping * torch.eye(matrix.shape[0], dtype=matrix.dtype, device=matrix.device)
     eigenvalues, eigenvectors = torch.linalg.eigh(damped)
     scale = float(eigenvalues.abs().max())
@@ -217,6 +239,9 @@ class PseudoInverse:
 
     rcond: float | None = None
 
+    def __post_init__(self) -> None:
+        check_rcond(self.rcond)
+
     def build(self, source: HessianSource, damping: float) -> Solve:
         """Decompose once; every call is two matrix products."""
         return pinv_solver(source.dense(), damping, self.rcond)
@@ -230,15 +255,17 @@ class CG:
     Gauss-Newton product, :func:`vif.hessian.gauss_newton_hvp`); it must be symmetric positive definite.
     """
 
-    tol: float = 1e-8
+    tol: float | None = None
     max_iter: int | None = None
     preconditioner: MatVec | None = None
     on_nonconvergence: str = "raise"
     operator: MatVec | None = None
 
+    def __post_init__(self) -> None:
+        check_options("CG", tol=self.tol, max_iter=self.max_iter, on_nonconvergence=self.on_nonconvergence)
+
     def build(self, source: HessianSource, damping: float) -> Solve:
-        """No factorisation: each call iterates until every column reaches ``tol``."""
-        _check_on_nonconvergence(self.on_nonconvergence)
+        """No factorisation: each call iterates until every column reaches ``tol`` (default by dtype)."""
         matvec = source.matvec if self.operator is None else self.operator
         return Solve(lambda rhs: _cg(matvec, rhs, damping=damping, tol=self.tol, max_iter=self.max_iter,
                                      preconditioner=self.preconditioner, on_nonconvergence=self.on_nonconvergence),
@@ -250,14 +277,17 @@ class LiSSA:
     """The LiSSA recursion on Hessian-vector products (:func:`lissa_solve`); ``operator`` as in :class:`CG`."""
 
     scale: float | None = None
-    tol: float = 1e-8
+    tol: float | None = None
     max_iter: int | None = None
     on_nonconvergence: str = "raise"
     operator: MatVec | None = None
 
+    def __post_init__(self) -> None:
+        check_options("LiSSA", tol=self.tol, max_iter=self.max_iter, on_nonconvergence=self.on_nonconvergence,
+                      scale=self.scale)
+
     def build(self, source: HessianSource, damping: float) -> Solve:
-        """No factorisation: each call runs the recursion until every column reaches ``tol``."""
-        _check_on_nonconvergence(self.on_nonconvergence)
+        """No factorisation: each call runs the recursion until every column reaches ``tol`` (default by dtype)."""
         matvec = source.matvec if self.operator is None else self.operator
         return Solve(lambda rhs: _lissa(matvec, rhs, damping=damping, scale=self.scale, tol=self.tol,
                                         max_iter=self.max_iter, on_nonconvergence=self.on_nonconvergence),
@@ -280,8 +310,8 @@ class RelativeDamping:
     probes: int = 64
 
     def __post_init__(self) -> None:
-        if isinstance(self.fraction, bool) or not isinstance(self.fraction, int | float) or not self.fraction >= 0:
-            raise InputError(f"relative damping must be a fraction >= 0, got {self.fraction!r}.")
+        if not (_real(self.fraction) and 0 <= self.fraction < math.inf):
+            raise InputError(f"relative damping must be a finite fraction >= 0, got {self.fraction!r}.")
 
     def resolve(self, source: HessianSource, backend: object) -> float:
         """The absolute damping ``fraction * trace(H) / n_params`` for ``backend``'s operator."""
@@ -333,18 +363,19 @@ def make_solver(
             ``lambda = fraction * trace(H) / n_params``.
 
     Raises:
-        InputError: unknown backend, negative damping, or damping given with a ready solver.
+        InputError: unknown backend, negative or non-finite damping, damping given with a ready solver, or a
+            dense Hessian that one Hessian-vector product of the objective contradicts (:func:`dense_hessian`).
+        NotPositiveDefiniteError: a dense backend's matrix is not positive definite or is numerically singular.
     """
-    if not isinstance(damping, RelativeDamping) and (
-            not isinstance(damping, int | float) or isinstance(damping, bool) or not damping >= 0):
-        raise InputError(f"damping must be a number >= 0 or vif.solvers.relative(fraction), got {damping!r}.")
+    if not isinstance(damping, RelativeDamping) and not (_real(damping) and 0 <= damping < math.inf):
+        raise InputError(f"damping must be a number >= 0 (finite) or vif.solvers.relative(fraction), got {damping!r}.")
     source = HessianSource(flat_objective, theta)
     if isinstance(backend, str):
         if backend not in _NAMED:
             raise InputError(f"Unknown hessian backend {backend!r}; choose one of {', '.join(BACKENDS)}.")
         backend = _NAMED[backend]()
     if isinstance(backend, torch.Tensor):
-        source.matrix = dense_hessian(backend, theta)
+        source.matrix = dense_hessian(backend, theta, flat_objective)
         backend = Exact()
     if isinstance(backend, SolverSpec):
         absolute = damping.resolve(source, backend) if isinstance(damping, RelativeDamping) else float(damping)
