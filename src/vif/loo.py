@@ -25,7 +25,6 @@ import joblib
 import torch
 from tqdm import tqdm
 
-from . import checks
 from ._loo_cache import (
     cache_folder,
     check_cache_dir,
@@ -36,7 +35,7 @@ from ._loo_cache import (
     objective_fingerprint,
     save,
 )
-from .checks import STATIONARITY_TOL, build_problem, check_stationary, stationarity_ratio
+from .checks import FLOAT32_FIT_RATIO, STATIONARITY_TOL, build_problem, check_stationary, stationarity_ratio
 from .errors import CacheWarning, InputError, RefitError, RefitWarning
 from .fit import default_gtol, gradient_norm
 from .params import Params, check_finite, flatten
@@ -74,14 +73,13 @@ class _Rule:
         tol = STATIONARITY_TOL.get(dtype, 1e-2) if default else tol
         found = stationarity_ratio(problem.flat_objective, problem.theta, problem.full_gradient, problem.n_units,
                                    problem.hooks.dense, problem.unflatten)
-        scale, source = found[2], getattr(found, "source", "the median single-removal gradient change")
+        scale, source = found.scale, found.source
         fit_gtol = default_gtol("newton", dtype)
         if not scale > 0 or "rounding floor" in source:  # no removal changes the gradient: a refit is theta_hat
             return cls(max(scale, fit_gtol), f"{max(scale, fit_gtol):.1e} ({source}; no gtol is known)")
         limit = tol * scale
-        float32_ratio = getattr(checks, "FLOAT32_FIT_RATIO", None)
-        if default and dtype != torch.float64 and float32_ratio is not None:
-            limit = max(limit, min(fit_gtol, float32_ratio * scale))  # what vif.checks accepts in float32
+        if default and dtype != torch.float64:
+            limit = max(limit, min(fit_gtol, FLOAT32_FIT_RATIO * scale))  # what vif.checks accepts in float32
         return cls(limit, f"{limit:.1e}: stationarity_tol = {tol:.0e} of the typical gradient change from removing "
                           f"one unit ({scale:.3e}: {source}; a task's gtol sets the limit instead)")
 
@@ -93,8 +91,8 @@ def _refit(fit: Callable, params: Params, removed: list[int], n_units: int, warm
 
     Metadata: the removed units, ``seconds``, ``unchanged`` (the fit returned ``theta_hat`` itself),
     ``grad_norm`` (``max|grad|`` of the objective at the refit, when the objective is known) and ``converged``
-    (``rule.judge``, else ``None``). A failed or unconverged refit returns ``None`` parameters and the reason in
-    ``meta["error"]``.
+    (``grad_norm <= rule.limit``; ``None`` without objective). A failed or unconverged refit returns ``None``
+    parameters and the reason in ``meta["error"]``.
     """
     if threads is not None:
         torch.set_num_threads(threads)
@@ -191,7 +189,8 @@ def leave_one_out(
             ``gtol`` is known, ``stationarity_tol`` times the median single-removal gradient change at
             ``theta_hat`` (the rule of :mod:`vif.checks`). A refit above it, e.g. a fit that returned its start
             point ``theta_hat`` unchanged, fails (``on_error``); the gradient norm and verdict are recorded in
-            the cache. Cost: one gradient per refit, plus ``min(8, n_units)`` at ``theta_hat`` without ``gtol``.
+            the cache. Cost: one gradient per refit, plus the rule's probes at ``theta_hat`` without ``gtol`` (8
+            masked gradients, up to 64 for hinge-type losses).
             Without an objective refits are not checked, and a refit equal to ``theta_hat`` warns
             (:class:`RefitWarning`).
         target_takes_mask: override the detection of a mask-aware target from its signature.
