@@ -153,8 +153,10 @@ def ground_truth(m: Model, kind: str, units: list[int] | None = None, cache: Pat
         theta = flatten(params)[0]
         solve = cholesky_solver(task.gauss_newton(params)(torch.eye(theta.numel(), dtype=theta.dtype, device=theta.device)))
 
+        gtol = m.settings.gtol  # bound here: the cache key hashes what the closure reads (m holds timings)
+
         def fit(mask: torch.Tensor, init: Any) -> Any:
-            return lbfgs_newton(objective, dict(params), mask, gtol=m.settings.gtol, preconditioner=solve)
+            return lbfgs_newton(objective, dict(params), mask, gtol=gtol, preconditioner=solve)
     elif kind in ("warm", "cold"):
         fit, objective = task.fit, task.objective  # type: ignore[assignment]
     else:
