@@ -176,15 +176,16 @@ def test_float32_refits_at_vif_fits_default_tolerance_pass_as_theta_hat_does():
     """The refit rule is vif.checks' rule: what it accepts for theta_hat in float32 it accepts for a refit."""
     generator = torch.Generator().manual_seed(4)
     features = torch.randn(400, 5, generator=generator, dtype=torch.float32)
-    response = features @ torch.ones(5, dtype=torch.float32) + torch.randn(400, generator=generator)
+    response = features @ torch.ones(5, dtype=torch.float32) + torch.randn(400, generator=generator,
+                                                                           dtype=torch.float32)
 
     def mean_loss(beta, mask):
         return (mask * (response - features @ beta).square()).sum() / mask.sum() + 1e-3 * beta.square().sum()
 
     def refit(mask, init):
-        return vif.fit.newton(mean_loss, init if init is not None else torch.zeros(5), mask)
+        return vif.fit.newton(mean_loss, init if init is not None else torch.zeros(5, dtype=torch.float32), mask)
 
-    beta = refit(torch.ones(400), None)
+    beta = refit(torch.ones(400, dtype=torch.float32), None)  # explicit: another module sets float64 default
     changes = vif.leave_one_out(refit, beta, lambda b: b.sum(), n_units=400, objective=mean_loss,
                                 units=range(0, 400, 40), progress=False)
     assert torch.isfinite(changes).all()
