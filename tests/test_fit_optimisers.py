@@ -171,3 +171,19 @@ def test_saddle_free_newton_out_of_float32_reach_names_the_precision_first():
     with pytest.raises(ConvergenceError, match=r"^fit stopped at the rounding floor of torch.float32: max\|grad\| = "
                                                r"\S+ > gtol = 1e-12 .*fit in float64, or use gtol >= 1e-04"):
         vif.fit.saddle_free_newton(objective, torch.zeros(3, dtype=torch.float32), ones, gtol=1e-12)
+
+
+def test_a_preconditioned_try_that_leaves_the_domain_restarts_from_init():
+    # chapter 5 at full size: one warm refit's preconditioned step had no finite objective at any size; the
+    # factorised preconditioner then refused the NaN gradient (NonFiniteError) instead of the fit restarting
+    def objective(theta, mask):
+        return ((theta - 0.5) ** 2).sum() + 0.0 * torch.sqrt(1.0 - theta).sum()  # value and gradient NaN past 1
+
+    overshooting = vif.solvers.cholesky_solver(1e-12 * torch.eye(1, dtype=torch.float64))
+    ones = torch.ones(3, dtype=torch.float64)
+    fitted = vif.fit.lbfgs_newton(objective, torch.zeros(1, dtype=torch.float64), ones, gtol=1e-9,
+                                  preconditioner=overshooting)
+    torch.testing.assert_close(fitted, torch.full((1,), 0.5, dtype=torch.float64), rtol=0, atol=1e-9)
+    with pytest.raises(vif.errors.ConvergenceError, match="left the objective's domain"):
+        vif.fit.preconditioned_lbfgs(objective, torch.zeros(1, dtype=torch.float64), ones, gtol=1e-9,
+                                     preconditioner=overshooting)

@@ -9,6 +9,7 @@ last iterate, and its gradient norm (:func:`vif.fit.preconditioned_lbfgs` raises
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -184,7 +185,10 @@ def preconditioned_steps(function: Callable[[torch.Tensor], torch.Tensor], theta
                          history_size: int) -> tuple[torch.Tensor, float]:
     """At most ``max_iter`` L-BFGS steps whose initial inverse Hessian is ``solve``; ``(theta, max|grad|)``.
 
-    Armijo backtracking with an allowance for rounding; curvature pairs with ``y.s <= 0`` are skipped.
+    Armijo backtracking with an allowance for rounding; curvature pairs with ``y.s <= 0`` are skipped. A step
+    whose objective is not finite even at the smallest size ends the run: its iterate is returned with
+    ``max|grad| = nan`` (a diverged try; before the solvers checked their output, the NaN went on through
+    every later step to the same end).
     """
     value_and_gradient = torch.func.grad_and_value(function)
     gradient, value = value_and_gradient(theta)
@@ -209,6 +213,8 @@ def preconditioned_steps(function: Callable[[torch.Tensor], torch.Tensor], theta
             if float(new_value) <= float(value) + 1e-4 * size * slope + allowance or size < 1e-10:
                 break
             size *= 0.5
+        if not bool(torch.isfinite(new_value)):  # the step left the objective's domain: a diverged try
+            return candidate, math.nan
         s_k, y_k = candidate - theta, new_gradient - gradient
         if float(y_k @ s_k) > 0:
             pairs = (pairs + [(s_k, y_k, 1.0 / float(y_k @ s_k))])[-history_size:]

@@ -202,6 +202,12 @@ def preconditioned_lbfgs(
         used += steps
         if norm <= gtol:
             return unflatten(theta.detach())
+        if math.isnan(norm):
+            raise ConvergenceError(
+                f"preconditioned L-BFGS left the objective's domain after at most {used} iterations (a step with a "
+                "non-finite objective even at the smallest size). Start closer to the minimiser, refresh the "
+                "preconditioner more often, or check the data for NaN."
+            )
         if used >= max_iter:
             break
     raise ConvergenceError(

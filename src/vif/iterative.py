@@ -105,7 +105,8 @@ def check_solution(solution: object, rhs: torch.Tensor, backend: str) -> torch.T
                          "a solver must return H^-1 B with the shape of B.")
     if not bool(torch.isfinite(solution).all()):
         if not bool(torch.isfinite(rhs).all()):
-            cause = "the right-hand side (the target's gradient) is itself not finite: check the target at params"
+            cause = ("because the right-hand side is itself not finite (the target's gradient in an estimate, the "
+                     "objective's gradient in a preconditioned fit): check the target, or the iterate, at params")
         else:
             cause = ("from a finite right-hand side: check the solver (a NaN or a zero pivot in its factorisation, a "
                      "singular matrix) or add damping")
