@@ -105,7 +105,19 @@ def _source_read(app: Sphinx, docname: str, source: list[str]) -> None:
     source[0] = expand(source[0])
 
 
+def drop_builtin_docstring(app: Sphinx, what: str, name: str, obj: object, options: object, lines: list[str]) -> None:
+    """Drop the docstring autodoc borrows from a constant's builtin type; keep a constant's own ``#:`` comment.
+
+    Without a comment, autodoc documents ``vif.__version__`` with ``str(object='') -> str`` and ``BACKENDS``
+    with the tuple docstring.
+    """
+    if what in ("data", "attribute") and type(obj).__module__ == "builtins" and lines and type(obj).__doc__:
+        if lines[0].strip() == inspect.cleandoc(type(obj).__doc__).splitlines()[0].strip():
+            lines.clear()
+
+
 def setup(app: Sphinx) -> dict[str, object]:
-    """Register the ``source-read`` hook."""
+    """Register the ``source-read`` hook and the docstring filter."""
     app.connect("source-read", _source_read)
+    app.connect("autodoc-process-docstring", drop_builtin_docstring)
     return {"parallel_read_safe": True, "parallel_write_safe": True}

@@ -97,6 +97,13 @@ def test_api_reference_builds_without_warnings_and_math_is_served_offline(built)
     _check_mathjax(built)
 
 
+def test_constants_do_not_borrow_their_types_docstring(built):
+    # before: vif.__version__ read "str(object='') -> str ..." and five tuples "Built-in immutable sequence"
+    text = next(built.rglob("api.html")).read_text()
+    assert "str(object=" not in text and "Built-in immutable sequence" not in text
+    assert "L2 penalty of the breast-cancer experiment" in text  # a constant's own #: comment stays
+
+
 def test_a_glued_output_named_tab_is_numbered_as_a_table(built):
     page = (built / "book" / "tables.html").read_text()
     assert "Table 1 " in page and "Fig. 1" not in page, "the glued data frame is not numbered as a table"
