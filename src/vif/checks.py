@@ -120,6 +120,20 @@ class Stationarity(NamedTuple):
     norm: float
     scale: float
     source: str
+    floor: bool = False  #: no removal changes the gradient: ``scale`` is the objective's rounding floor
+
+    def limit(self, tol: float | None, dtype: torch.dtype) -> float:
+        """The largest ``max|g(1)|`` the rule accepts at ``stationarity_tol = tol`` (``None``: the default).
+
+        ``tol * scale``; with the default tolerance below float64 also what :mod:`vif.fit` accepts,
+        ``min(default_gtol, FLOAT32_FIT_RATIO * scale)``; at the rounding floor, the floor itself.
+        """
+        if self.floor:
+            return self.scale
+        limit = (STATIONARITY_TOL.get(dtype, 1e-2) if tol is None else tol) * self.scale
+        if tol is None and dtype != torch.float64:
+            limit = max(limit, min(default_gtol("newton", dtype), FLOAT32_FIT_RATIO * self.scale))
+        return limit
 
 
 def _changes(flat_objective: Callable, theta: torch.Tensor, full_gradient: torch.Tensor, n_units: int,
@@ -177,7 +191,7 @@ def stationarity_ratio(flat_objective: Callable, theta: torch.Tensor, full_gradi
     return Stationarity(0.0 if norm <= floor else float("inf"), norm, floor,
                         f"no removal changes the gradient (the {len(probes)} probed units one at a time, all units "
                         "at once): if the objective ignores its mask, make it use it; the scale is the objective's "
-                        "rounding floor 64 eps |L(params, 1)| / max(1, max|params|)")
+                        "rounding floor 64 eps |L(params, 1)| / max(1, max|params|)", floor=True)
 
 
 def _all_units_change(flat_objective: Callable, theta: torch.Tensor, full_gradient: torch.Tensor, n_units: int,
@@ -195,29 +209,25 @@ def _all_units_change(flat_objective: Callable, theta: torch.Tensor, full_gradie
     return size if size < float("inf") else 0.0  # NaN and inf are not a scale
 
 
-def check_stationary(problem: Problem, on_unconverged: str, tol: float | None, where: str) -> None:
-    """Raise or warn when ``params`` is not a minimiser by the module's rule."""
+def check_stationary(problem: Problem, on_unconverged: str, tol: float | None, where: str) -> Stationarity:
+    """Raise or warn when ``params`` is not a minimiser by the module's rule; returns the rule's numbers."""
     if on_unconverged not in ON_UNCONVERGED:
         raise InputError(f"on_unconverged must be one of {ON_UNCONVERGED}, got {on_unconverged!r}.")
     dtype = problem.theta.dtype
-    default = tol is None
-    tol = STATIONARITY_TOL.get(dtype, 1e-2) if default else tol
-    if isinstance(tol, bool) or not isinstance(tol, int | float) or not tol > 0:
+    if tol is not None and (isinstance(tol, bool) or not isinstance(tol, int | float) or not tol > 0):
         raise InputError(f"stationarity_tol must be a positive number, got {tol!r}.")
-    ratio, norm, scale, source = stationarity_ratio(problem.flat_objective, problem.theta, problem.full_gradient,
-                                                    problem.n_units, problem.hooks.dense, problem.unflatten)
-    if ratio <= tol:
-        return
-    fit_gtol = default_gtol("newton", dtype)
-    if default and dtype != torch.float64 and norm <= fit_gtol and ratio <= FLOAT32_FIT_RATIO:
-        return  # what vif.fit accepts in this dtype (module notes)
+    found = stationarity_ratio(problem.flat_objective, problem.theta, problem.full_gradient, problem.n_units,
+                               problem.hooks.dense, problem.unflatten)
+    if found.norm <= found.limit(tol, dtype):
+        return found
     message = (
-        f"{where}: params is not a minimiser of the objective: max|grad L(params, 1)| = {norm:.3e} is {ratio:.1e} "
-        f"of the typical gradient change from removing one unit ({scale:.3e}: {source}), above stationarity_tol = "
-        f"{tol:.0e} ({dtype}). Every estimate would carry an error of about that fraction of an effect. Fit tighter "
-        "(e.g. vif.fit.newton or a smaller gtol), or pass on_unconverged='warn' (or a larger stationarity_tol) to "
-        "proceed."
+        f"{where}: params is not a minimiser of the objective: max|grad L(params, 1)| = {found.norm:.3e} is "
+        f"{found.ratio:.1e} of the typical gradient change from removing one unit ({found.scale:.3e}: "
+        f"{found.source}), above stationarity_tol = {STATIONARITY_TOL.get(dtype, 1e-2) if tol is None else tol:.0e} "
+        f"({dtype}). Every estimate would carry an error of about that fraction of an effect. Fit tighter (e.g. "
+        "vif.fit.newton or a smaller gtol), or pass on_unconverged='warn' (or a larger stationarity_tol) to proceed."
     )
     if on_unconverged == "raise":
         raise NotAMinimiserError(message)
     warnings.warn(message, UnconvergedWarning, stacklevel=3)
+    return found

@@ -35,11 +35,10 @@ from ._loo_cache import (
     objective_fingerprint,
     save,
 )
-from .checks import FLOAT32_FIT_RATIO, STATIONARITY_TOL, build_problem, check_stationary, stationarity_ratio
+from .checks import STATIONARITY_TOL, Stationarity, build_problem, check_stationary
 from .errors import CacheWarning, InputError, RefitError, RefitWarning
 from .fit import default_gtol, gradient_norm
 from .params import Params, check_finite, flatten
-from .problem import Problem
 from .removals import Removals
 from .target import Target
 from .task import is_task
@@ -62,26 +61,22 @@ class _Rule:
     words: str = ""
 
     @classmethod
-    def make(cls, gtol: float | None, problem: Problem | None, tol: float | None) -> _Rule:
-        """The task's ``gtol`` (times :data:`GTOL_SLACK`), else the stationarity rule of :mod:`vif.checks`."""
+    def make(cls, gtol: float | None, found: Stationarity | None, tol: float | None, dtype: torch.dtype) -> _Rule:
+        """The task's ``gtol`` (times :data:`GTOL_SLACK`), else the stationarity rule of :mod:`vif.checks`.
+
+        ``found``: the rule's numbers at ``theta_hat`` (from its check; ``None`` without an objective).
+        """
         if gtol is not None:
             return cls(GTOL_SLACK * gtol, f"the task's gtol = {gtol:.1e}")
-        if problem is None:
+        if found is None:
             return cls(None)
-        dtype = problem.theta.dtype
-        default = tol is None
-        tol = STATIONARITY_TOL.get(dtype, 1e-2) if default else tol
-        found = stationarity_ratio(problem.flat_objective, problem.theta, problem.full_gradient, problem.n_units,
-                                   problem.hooks.dense, problem.unflatten)
-        scale, source = found.scale, found.source
-        fit_gtol = default_gtol("newton", dtype)
-        if not scale > 0 or "rounding floor" in source:  # no removal changes the gradient: a refit is theta_hat
-            return cls(max(scale, fit_gtol), f"{max(scale, fit_gtol):.1e} ({source}; no gtol is known)")
-        limit = tol * scale
-        if default and dtype != torch.float64:
-            limit = max(limit, min(fit_gtol, FLOAT32_FIT_RATIO * scale))  # what vif.checks accepts in float32
+        if found.floor:  # no removal changes the gradient: a refit is theta_hat, up to the fit's tolerance
+            limit = max(found.scale, default_gtol("newton", dtype))
+            return cls(limit, f"{limit:.1e} ({found.source}; no gtol is known)")
+        limit = found.limit(tol, dtype)
+        tol = STATIONARITY_TOL.get(dtype, 1e-2) if tol is None else tol
         return cls(limit, f"{limit:.1e}: stationarity_tol = {tol:.0e} of the typical gradient change from removing "
-                          f"one unit ({scale:.3e}: {source}; a task's gtol sets the limit instead)")
+                          f"one unit ({found.scale:.3e}: {found.source}; a task's gtol sets the limit instead)")
 
 
 def _refit(fit: Callable, params: Params, removed: list[int], n_units: int, warm_start: bool,
@@ -227,11 +222,11 @@ def leave_one_out(
     theta_hat, unflatten = flatten(params)
     removals = _removal_sets(n_units, units, groups)
     checked_target = Target(target, theta_hat, unflatten, n_units, target_takes_mask)
-    problem = None
+    found = None
     if objective is not None:
         problem = build_problem(objective, params, n_units, True, None, None, "exact", 0.0, solver=False)[0]
-        check_stationary(problem, on_unconverged, stationarity_tol, "vif.leave_one_out")
-    rule = _Rule.make(gtol, problem, stationarity_tol)
+        found = check_stationary(problem, on_unconverged, stationarity_tol, "vif.leave_one_out")
+    rule = _Rule.make(gtol, found, stationarity_tol, theta_hat.dtype)
     folder = None
     if cache_path is not None:
         if objective is None and cache_key is None:
