@@ -197,7 +197,7 @@ def preconditioned_lbfgs(
     used, norm = 0, math.inf
     while True:
         steps = min(refresh, max_iter - used)
-        solve = preconditioner if hessian is None else cholesky_solver(hessian(unflatten(theta)))
+        solve = preconditioner if hessian is None else cholesky_solver(hessian(unflatten(theta)), max_condition=math.inf)
         theta, norm = preconditioned_steps(function, theta, solve, gtol=gtol, max_iter=steps, history_size=history_size)
         used += steps
         if norm <= gtol:

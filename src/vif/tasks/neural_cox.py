@@ -17,6 +17,7 @@ Devices follow the parameters: move the data with ``device=`` and every computat
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -144,7 +145,8 @@ class NeuralCox:
         if matrix is None:
             ones = self._ones()
             matrix = hessian_matrix(lambda vector: self.objective(unflatten(vector), ones), theta)
-        self._preconditioner = cholesky_solver(matrix, 1e-10 * float(matrix.diagonal().abs().max()))
+        self._preconditioner = cholesky_solver(matrix, 1e-10 * float(matrix.diagonal().abs().max()),
+                                               max_condition=math.inf)  # a preconditioner
         return matrix
 
     def fit(self, mask: torch.Tensor | None = None, init: Params | None = None) -> dict[str, torch.Tensor]:

@@ -28,6 +28,7 @@ Sign convention: influence of item ``i`` on ``f`` = predicted ``f(theta_-i) - f(
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -212,7 +213,7 @@ class ListwiseRanking:
     def use_hessian(self, params: Params, hessian: torch.Tensor | Callable[[torch.Tensor], torch.Tensor]) -> None:
         """Reuse the full-data Hessian at ``params`` (a matrix or a solver for it) for warm refits from ``params``."""
         theta, _ = flatten(params)
-        self._warm = (theta.clone(), hessian if callable(hessian) else cholesky_solver(hessian))
+        self._warm = (theta.clone(), hessian if callable(hessian) else cholesky_solver(hessian, max_condition=math.inf))
 
     def fit(self, mask: torch.Tensor | None = None, init: Params | None = None) -> Params:
         """Cold fit (``init=None``) or exact warm refit from ``init`` for a 0/1 ``mask`` ``(n_items,)``."""
