@@ -236,7 +236,7 @@ def leave_one_out(
             )
         description = {"n_units": n_units, "warm_start": warm_start, "fit": fit_identity(fit), "cache_key": cache_key,
                        "dtype": str(theta_hat.dtype), "n_params": theta_hat.numel(), "gtol": gtol,
-                       "objective": None if objective is None else data_digest(objective),
+                       "objective": _objective_digest(objective, fit),
                        "objective_fingerprint": None if objective is None else objective_fingerprint(
                            objective, params, n_units)}
         folder = cache_folder(cache_path, description, theta_hat)
@@ -248,6 +248,14 @@ def leave_one_out(
     if on_error == "skip":
         return (*outputs, failed)
     return outputs if return_params else result
+
+
+def _objective_digest(objective: Callable | None, fit: Callable) -> str | None:
+    """The objective's part of the cache key; a method of the fit's own object (a task) is already in the fit's."""
+    owner = getattr(objective, "__self__", None)
+    if owner is not None and owner is getattr(fit, "__self__", None):
+        return f"a method of the fit's object: {getattr(objective, '__name__', '?')}"
+    return None if objective is None else data_digest(objective)
 
 
 def _name(removed: tuple[int, ...]) -> str:
