@@ -9,21 +9,11 @@ import pytest
 import torch
 
 import vif
+from ridge_data import ridge
 from vif.errors import CacheWarning, InputError, RefitWarning
 
 N, D = 10, 3
-GENERATOR = torch.Generator().manual_seed(7)
-X = torch.randn(N, D, generator=GENERATOR, dtype=torch.float64)
-Y = torch.randn(N, generator=GENERATOR, dtype=torch.float64)
-
-
-def objective(beta, mask):
-    return 0.5 * (mask * (Y - X @ beta).square()).sum() + 0.5 * beta.square().sum()
-
-
-def fit(mask, init=None):
-    return torch.linalg.solve(X.T @ (mask[:, None] * X) + torch.eye(D, dtype=X.dtype), X.T @ (mask * Y))
-
+X, Y, objective, fit = ridge(N, D, seed=7)
 
 BETA = fit(torch.ones(N, dtype=torch.float64))
 

@@ -12,22 +12,12 @@ import pytest
 import torch
 
 import vif
+from ridge_data import ridge
 from vif.errors import CacheWarning, RefitError, RefitWarning
 
 N, D = 12, 3
-GENERATOR = torch.Generator().manual_seed(3)
-X = torch.randn(N, D, generator=GENERATOR, dtype=torch.float64)
-Y = torch.randn(N, generator=GENERATOR, dtype=torch.float64)
+X, Y, objective, exact = ridge(N, D, seed=3)
 X[0], Y[0] = 0.0, 0.0  # unit 0 contributes nothing: removing it changes no gradient
-
-
-def objective(beta, mask):
-    return 0.5 * (mask * (Y - X @ beta).square()).sum() + 0.5 * beta.square().sum()
-
-
-def exact(mask, init=None):
-    return torch.linalg.solve(X.T @ (mask[:, None] * X) + torch.eye(D, dtype=X.dtype), X.T @ (mask * Y))
-
 
 BETA = exact(torch.ones(N, dtype=torch.float64))
 
